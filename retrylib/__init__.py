@@ -1,0 +1,82 @@
+"""retrylib: retry LLM calls until their output is valid.
+
+It retries transport failures that retrying can fix (429, 5xx, timeouts, resets, honouring
+``Retry-After``), re-asks the model with the validation errors when its answer is wrong,
+and escalates in stages: constrained decoding, a fallback model, a debugging tool, and
+finally a human (``HumanReviewNeededError``). Every attempt is recorded as data.
+
+Quick start::
+
+    from retrylib import RetryConfig, make_call, retry_with_validation, validators
+
+    call = make_call("openai/smollm2", api_base="http://127.0.0.1:8080/v1")
+    result = await retry_with_validation(
+        call, [{"role": "user", "content": "Give me a JSON object with a key 'name'."}],
+        validators=[validators.JsonObject(), validators.FieldsPresent(["name"])],
+        config=RetryConfig(max_attempts=4, seed=1),
+    )
+    result.parsed, result.metrics, result.to_frame()
+"""
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from retrylib import validators  # noqa: E402
+from retrylib.backoff import Backoff, backoff_schedule  # noqa: E402
+from retrylib.cache import disable_cache, init_cache  # noqa: E402
+from retrylib.classify import Classification, classify, parse_retry_after  # noqa: E402
+from retrylib.client import acompletion, make_call  # noqa: E402
+from retrylib.config import FallbackModel, RetryConfig  # noqa: E402
+from retrylib.declarative import llm_call, llm_call_sync, load_llm_config  # noqa: E402
+from retrylib.errors import (  # noqa: E402
+    ConfigError,
+    ExtractionError,
+    HumanReviewNeededError,
+    MalformedResponseError,
+    NonRetryableError,
+    ProxyHTTPError,
+    RetryError,
+    RetryExhaustedError,
+    RetrylibError,
+    ServerStartError,
+)
+from retrylib.extract import extract_text  # noqa: E402
+from retrylib.manager import retry_with_validation, retry_with_validation_sync  # noqa: E402
+from retrylib.result import Attempt, RetryResult  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "Backoff",
+    "Classification",
+    "ConfigError",
+    "ExtractionError",
+    "FallbackModel",
+    "HumanReviewNeededError",
+    "MalformedResponseError",
+    "NonRetryableError",
+    "ProxyHTTPError",
+    "RetryConfig",
+    "RetryError",
+    "RetryExhaustedError",
+    "RetryResult",
+    "RetrylibError",
+    "ServerStartError",
+    "__version__",
+    "acompletion",
+    "backoff_schedule",
+    "classify",
+    "disable_cache",
+    "extract_text",
+    "init_cache",
+    "llm_call",
+    "llm_call_sync",
+    "load_llm_config",
+    "make_call",
+    "parse_retry_after",
+    "retry_with_validation",
+    "retry_with_validation_sync",
+    "validators",
+]

@@ -1,0 +1,555 @@
+"""A fault-injecting OpenAI-compatible HTTP proxy on loopback.
+
+:class:`ChaosProxy` sits between a client (litellm, openai, httpx) and an upstream
+OpenAI-compatible server, by default the embedded llama.cpp server. Every request either
+passes through unchanged or gets a fault, chosen by a *plan*. The proxy keeps a journal of
+every request it received, so tests assert on what actually went over the wire rather than
+on what a client says it did. It binds to 127.0.0.1 only.
+
+Fault catalogue (one token per request)::
+
+    pass                   forward to the upstream unchanged
+    400 401 403 404 408    reply that status with an OpenAI-style JSON error body
+    409 422 429 500 502
+    503 504
+    <status>:<options>     the same, with headers; options are ``;``-separated:
+                             retry-after=2         Retry-After: 2
+                             retry-after-date=2    Retry-After: <HTTP date 2 s ahead>
+                             retry-after-ms=1500   retry-after-ms: 1500
+                             x-should-retry=false  x-should-retry: false
+    hang / hang:5          hold the request unanswered until the client leaves or N s pass
+                           (default ``hang_seconds``), then close the connection
+    latency:0.5            sleep 0.5 s, then forward
+    reset                  send the status line, headers and part of a body, then abort TCP
+    malformed              200, Content-Type application/json, a body that is not JSON
+    empty                  200, a valid chat.completion whose content is ""
+    truncated              200, the first half of a valid completion JSON (a complete HTTP
+                           response whose JSON body is cut)
+    wrong_shape            200, valid JSON of the wrong shape (no ``choices``)
+    reply:<content>        200, a well-formed chat.completion whose content is <content>
+
+Selecting the fault for a request:
+
+1. a request header ``X-Chaos-Fault: <token>`` wins (the whole header is one token, so
+   ``reply:`` content may hold commas there);
+2. otherwise ``X-Chaos-Key: <key>`` picks that key's scripted sequence (no header: the
+   default key ``""``) and its next token is popped;
+3. once a sequence is exhausted, requests ``pass``.
+
+Keys let concurrent tests share one proxy without taking each other's faults.
+
+Control endpoints (JSON, never journaled): ``GET /_chaos/health``,
+``GET /_chaos/journal?key=K``, ``POST /_chaos/plan`` with ``{"plan": ..., "key": K}``,
+``DELETE /_chaos/journal?key=K``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from retrylib.errors import ConfigError
+
+#: Every fault name the plan grammar knows, with what it does.
+FAULTS: dict[str, str] = {
+    "pass": "forward to the upstream unchanged",
+    **{str(s): f"reply HTTP {s} with an OpenAI-style JSON error" for s in
+       (400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504)},
+    "hang": "hold the request unanswered until the client leaves or N seconds pass",
+    "latency": "sleep N seconds, then forward",
+    "reset": "send headers and part of a body, then abort the TCP connection",
+    "malformed": "200 with a body that is not JSON",
+    "empty": "200 with a completion whose content is empty",
+    "truncated": "200 with the first half of a completion's JSON",
+    "wrong_shape": "200 with JSON that has no choices",
+    "reply": "200 with a completion whose content is the text after 'reply:'",
+}
+
+_STATUS_OPTIONS = ("retry-after", "retry-after-date", "retry-after-ms", "x-should-retry")
+_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 408: "timeout", 409: "conflict", 422: "invalid_request_error",
+    429: "rate_limit_exceeded", 500: "server_error", 502: "bad_gateway",
+    503: "service_unavailable", 504: "timeout",
+}
+# llama-cpp-python's server validates requests with pydantic models that ignore unknown
+# keys, so extras such as litellm's `mcp_config` are forwarded as received.
+_HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding",
+               "te", "upgrade", "proxy-connection", "accept-encoding"}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One parsed plan token.
+
+    Attributes:
+        token: the token as written, recorded in the journal.
+        name: a key of :data:`FAULTS`.
+        status: the HTTP status for status faults, else ``None``.
+        options: header options of a status fault, as ``(name, value)`` pairs.
+        seconds: the duration of ``hang`` / ``latency`` (``None``: the default).
+        content: the text of a ``reply:`` fault.
+    """
+
+    token: str
+    name: str
+    status: int | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    seconds: float | None = None
+    content: str | None = None
+
+
+def parse_fault(token: str | Fault) -> Fault:
+    """Parse one plan token.
+
+    Args:
+        token: e.g. ``"429:retry-after=2"``, ``"hang:5"``, ``"reply:hello"``.
+
+    Returns:
+        The :class:`Fault`.
+
+    Raises:
+        ConfigError: the token or one of its options is unknown or malformed.
+    """
+    if isinstance(token, Fault):
+        return token
+    raw = str(token).strip()
+    name, sep, arg = raw.partition(":")
+    name = name.strip().lower()
+    if name == "reply":
+        # The content is verbatim: stripping it would change what tests assert on.
+        return Fault(raw, "reply", content=str(token).lstrip().partition(":")[2])
+    known = ", ".join(FAULTS)
+    if name not in FAULTS:
+        raise ConfigError(f"unknown chaos fault {raw!r}; known faults: {known}")
+    if name.isdigit():
+        return Fault(raw, name, status=int(name), options=_parse_options(raw, arg) if sep else ())
+    if name in ("hang", "latency"):
+        seconds = None
+        if sep:
+            try:
+                seconds = float(arg)
+            except ValueError:
+                raise ConfigError(f"chaos fault {raw!r}: {arg!r} is not a number of seconds") from None
+            if seconds < 0:
+                raise ConfigError(f"chaos fault {raw!r}: seconds must be >= 0")
+        return Fault(raw, name, seconds=seconds)
+    if sep:
+        raise ConfigError(f"chaos fault {raw!r}: {name!r} takes no options; known faults: {known}")
+    return Fault(raw, name)
+
+
+def _parse_options(raw: str, arg: str) -> tuple[tuple[str, str], ...]:
+    options = []
+    for part in filter(None, (p.strip() for p in arg.split(";"))):
+        key, eq, value = (s.strip() for s in part.partition("="))
+        key = key.lower()
+        if key not in _STATUS_OPTIONS or not eq or not value:
+            raise ConfigError(f"chaos fault {raw!r}: bad option {part!r}; "
+                              f"known options: {', '.join(_STATUS_OPTIONS)} (as name=value)")
+        if key != "x-should-retry":
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(f"chaos fault {raw!r}: {key} needs a number, got {value!r}") from None
+        options.append((key, value))
+    return tuple(options)
+
+
+def parse_plan(plan: str | Sequence[str | Fault] | None) -> list[Fault]:
+    """Parse a plan into faults, one per request.
+
+    Args:
+        plan: ``"503, 503, pass"`` (commas split tokens), or a list of tokens (each item is
+            one token, so ``reply:`` content may hold commas), or ``None`` (empty plan).
+
+    Returns:
+        The list of :class:`Fault`.
+
+    Raises:
+        ConfigError: a token is unknown; the message lists the known faults.
+    """
+    if plan is None:
+        return []
+    if isinstance(plan, str):
+        tokens: list[str | Fault] = [t for t in (p.strip() for p in plan.split(",")) if t]
+    else:
+        tokens = [t for t in plan if isinstance(t, Fault) or str(t).strip()]
+    return [parse_fault(t) for t in tokens]
+
+
+def _completion(content: str, body: Any, fingerprint: str = "chaos-injected") -> dict[str, Any]:
+    """A well-formed chat.completion; prompt tokens are counted as words, for plausibility."""
+    messages = body.get("messages", []) if isinstance(body, dict) else []
+    words = sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
+    out = len(content.split())
+    return {
+        "id": f"chatcmpl-chaos-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+        "created": int(time.time()),
+        "model": (body.get("model") if isinstance(body, dict) else None) or "chaos",
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": words, "completion_tokens": out, "total_tokens": words + out},
+    }
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "chaos_error"),
+                      "code": status}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class ChaosProxy:
+    """A fault-injecting OpenAI-compatible proxy, served from a daemon thread.
+
+    Args:
+        upstream: the upstream's OpenAI base URL (``http://127.0.0.1:8080/v1``); ``None``
+            means upstream-free.
+        host: where to listen; loopback only.
+        port: the port, ``0`` for a free one (read it back from :attr:`url`).
+        plan: the default key's sequence, as for :func:`parse_plan`.
+        upstream_free: answer ``pass`` with ``fixed_content`` at full speed, never calling the
+            upstream. For load and concurrency benchmarks only: it measures the client and the
+            proxy, not a model. Such replies carry ``X-Chaos-Upstream: none`` and
+            ``system_fingerprint: "chaos-upstream-free"``.
+        fixed_content: the content of upstream-free replies.
+        hang_seconds: how long ``hang`` holds a request at most.
+    """
+
+    def __init__(self, upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "127.0.0.1",
+                 port: int = 0, plan: str | Sequence[str] | None = None,
+                 upstream_free: bool = False, fixed_content: str = "OK",
+                 hang_seconds: float = 30.0):
+        if host not in ("127.0.0.1", "localhost"):
+            raise ConfigError(f"the chaos proxy binds to loopback only, not {host!r}")
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.host, self.port = "127.0.0.1", int(port)
+        self.upstream_free = upstream_free or upstream is None
+        self.fixed_content, self.hang_seconds = fixed_content, float(hang_seconds)
+        self._lock = threading.Lock()
+        self._plans: dict[str, deque[Fault]] = {}
+        self._journal: list[dict[str, Any]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        if plan is not None:
+            self.set_plan(plan)
+
+    def __repr__(self) -> str:
+        state = self.url if self._thread else "stopped"
+        return f"<ChaosProxy {state} upstream={'none' if self.upstream_free else self.upstream}>"
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``; the port is known once started."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL clients use: ``http://127.0.0.1:<port>/v1``."""
+        return self.base_url + "/v1"
+
+    # -- plans and journal (called from any thread) -------------------------------------
+
+    def set_plan(self, plan: str | Sequence[str] | None, key: str | None = None) -> None:
+        """Replace the scripted sequence of ``key`` (``None`` or ``""``: the default key).
+
+        Raises:
+            ConfigError: a token is unknown.
+        """
+        faults = parse_plan(plan)
+        with self._lock:
+            self._plans[key or ""] = deque(faults)
+
+    def journal(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the journaled requests in arrival order; ``key=None``: every key."""
+        with self._lock:
+            return [dict(e, headers=dict(e["headers"])) for e in self._journal
+                    if key is None or e["key"] == key]
+
+    def clear(self, key: str | None = None) -> None:
+        """Forget the journal and plan of ``key``, or of everything when ``key`` is ``None``."""
+        with self._lock:
+            if key is None:
+                self._journal.clear()
+                self._plans.clear()
+            else:
+                self._journal = [e for e in self._journal if e["key"] != key]
+                self._plans.pop(key, None)
+
+    def _next_fault(self, key: str) -> Fault:
+        plan = self._plans.get(key)
+        return plan.popleft() if plan else Fault("pass", "pass")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> ChaosProxy:
+        """Serve from a daemon thread; returns once the port is bound.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            OSError: the port could not be bound.
+        """
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._run, name="chaos-proxy", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake held requests, free the port, and join the thread."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None:
+            return
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended on its own already
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join()
+        self._thread = None
+
+    def __enter__(self) -> ChaosProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> ChaosProxy:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() if it failed while starting
+            if not self._ready.is_set():
+                self._start_error = exc
+        finally:
+            self._ready.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # A short shutdown timeout: in-flight requests must not keep stop() waiting long.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+            await self._session.close()
+
+    # -- request handling (server thread) ------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/_chaos/"):
+            return await self._control(request)
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        key = request.headers.get("X-Chaos-Key", "")
+        override = request.headers.get("X-Chaos-Fault")
+        bad_header = None
+        with self._lock:
+            try:
+                fault = parse_fault(override) if override else self._next_fault(key)
+            except ConfigError as exc:
+                fault, bad_header = Fault(override or "", "bad_header"), str(exc)
+            self._seq += 1
+            entry = {"seq": self._seq, "time": time.time(), "monotonic": time.monotonic(),
+                     "method": request.method, "path": request.path_qs,
+                     "headers": {k.lower(): v for k, v in request.headers.items()},
+                     "body": body, "key": key, "fault": fault.token, "status": None,
+                     "duration": None}
+            self._journal.append(entry)
+        if bad_header is not None:
+            response = _error(400, f"X-Chaos-Fault: {bad_header}")
+        else:
+            response = await self._apply(fault, request, raw, body)
+        with self._lock:
+            entry["duration"] = time.monotonic() - entry["monotonic"]
+            if fault.name not in ("hang", "reset"):  # those send no complete status
+                entry["status"] = response.status
+        return response
+
+    async def _apply(self, fault: Fault, request: web.Request, raw: bytes,
+                     body: Any) -> web.StreamResponse:
+        name = fault.name
+        if fault.status is not None:
+            return _error(fault.status, f"HTTP {fault.status} injected by chaos proxy",
+                          self._headers(fault))
+        if name == "hang":
+            await self._hang(request, self.hang_seconds if fault.seconds is None else fault.seconds)
+            # The connection is closed by now; aiohttp drops a reply it cannot send.
+            return web.Response(status=499)
+        if name == "latency":
+            await asyncio.sleep(1.0 if fault.seconds is None else fault.seconds)
+            return await self._forward(request, raw, body)
+        if name == "pass":
+            return await self._forward(request, raw, body)
+        if name == "reset":
+            return await self._reset(request, body)
+        if name == "malformed":
+            return web.Response(status=200, body=b"this is not JSON {injected by chaos proxy",
+                                content_type="application/json")
+        if name == "empty":
+            return web.json_response(_completion("", body))
+        if name == "truncated":
+            full = json.dumps(_completion("This reply was cut in half by the chaos proxy.", body))
+            return web.Response(status=200, text=full[: len(full) // 2],
+                                content_type="application/json")
+        if name == "wrong_shape":
+            return web.json_response({"result": "no choices here"})
+        return web.json_response(_completion(fault.content or "", body))  # reply:<content>
+
+    @staticmethod
+    def _headers(fault: Fault) -> dict[str, str]:
+        headers = {}
+        for key, value in fault.options:
+            if key == "retry-after-date":
+                # Computed at send time, so the date is N seconds after the reply, not the plan.
+                headers["Retry-After"] = email.utils.formatdate(time.time() + float(value),
+                                                                usegmt=True)
+            elif key == "retry-after":
+                headers["Retry-After"] = value
+            else:
+                headers[key] = value
+        return headers
+
+    async def _hang(self, request: web.Request, seconds: float) -> None:
+        # aiohttp does not cancel a handler when its client leaves, so poll the transport.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(0.05, deadline - time.monotonic()))
+        if request.transport is not None:
+            request.transport.close()
+
+    async def _reset(self, request: web.Request, body: Any) -> web.StreamResponse:
+        full = json.dumps(_completion("This reply is reset mid-body by the chaos proxy.", body))
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = len(full)  # promise the whole body, then break the promise
+        await response.prepare(request)
+        await response.write(full[: len(full) // 3].encode())
+        await asyncio.sleep(0.05)  # let the partial body reach the client before the RST
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
+    async def _forward(self, request: web.Request, raw: bytes, body: Any) -> web.StreamResponse:
+        if self.upstream_free:
+            return self._upstream_free_reply(request, body)
+        path = request.path[3:] if request.path.startswith("/v1/") else request.path
+        url = self.upstream + path + (f"?{request.query_string}" if request.query_string else "")
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-chaos-")}
+        try:
+            async with self._session.request(request.method, url, data=raw or None,
+                                             headers=headers) as upstream:
+                ctype = upstream.headers.get("Content-Type", "application/json")
+                if ctype.startswith("text/event-stream"):
+                    # Stream SSE chunk by chunk, so streaming clients see tokens as they come.
+                    response = web.StreamResponse(status=upstream.status,
+                                                  headers={"Content-Type": ctype})
+                    await response.prepare(request)
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                    return response
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    headers={"Content-Type": ctype})
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            return _error(502, f"chaos proxy could not reach upstream {self.upstream}: "
+                               f"{type(exc).__name__}: {exc}")
+        except TimeoutError:
+            return _error(504, f"chaos proxy: upstream {self.upstream} timed out")
+
+    def _upstream_free_reply(self, request: web.Request, body: Any) -> web.Response:
+        headers = {"X-Chaos-Upstream": "none"}
+        if request.path.rstrip("/").endswith("/models"):
+            return web.json_response({"object": "list", "data": [
+                {"id": "chaos-upstream-free", "object": "model", "owned_by": "chaos"}]},
+                headers=headers)
+        return web.json_response(_completion(self.fixed_content, body, "chaos-upstream-free"),
+                                 headers=headers)
+
+    async def _control(self, request: web.Request) -> web.Response:
+        path, method = request.path.rstrip("/"), request.method
+        key = request.query.get("key")
+        if path == "/_chaos/health" and method == "GET":
+            return web.json_response({"status": "ok", "url": self.url, "upstream": self.upstream,
+                                      "upstream_free": self.upstream_free})
+        if path == "/_chaos/journal" and method == "GET":
+            return web.json_response({"entries": self.journal(key)})
+        if path == "/_chaos/journal" and method == "DELETE":
+            self.clear(key)
+            return web.json_response({"cleared": "all" if key is None else key})
+        if path == "/_chaos/plan" and method == "POST":
+            try:
+                data = await request.json()
+                self.set_plan(data.get("plan"), data.get("key"))
+            except (ConfigError, ValueError, AttributeError) as exc:
+                return _error(400, f"chaos proxy: bad plan: {exc}")
+            with self._lock:
+                tokens = [f.token for f in self._plans[data.get("key") or ""]]
+            return web.json_response({"key": data.get("key") or "", "plan": tokens})
+        return _error(404, f"chaos proxy: no control endpoint {method} {path}")
+
+
+def run_forever(upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "127.0.0.1",
+                port: int = 8900, plan: str | Sequence[str] | None = None,
+                upstream_free: bool = False, **kwargs: Any) -> None:
+    """Serve a :class:`ChaosProxy` in the foreground until SIGINT or SIGTERM (``retrylib chaos``).
+
+    Args:
+        upstream, host, port, plan, upstream_free: as for :class:`ChaosProxy`.
+        **kwargs: passed on to :class:`ChaosProxy` (``fixed_content``, ``hang_seconds``).
+    """
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    with ChaosProxy(upstream, host, port, plan, upstream_free, **kwargs) as proxy:
+        shown = "none (upstream-free)" if proxy.upstream_free else proxy.upstream
+        print(f"chaos proxy: {proxy.url} (upstream: {shown})", flush=True)
+        while not done.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+            pass

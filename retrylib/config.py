@@ -1,0 +1,217 @@
+"""``RetryConfig``: every knob of the retry manager, validated once, frozen.
+
+Times are seconds (``float``) or ``datetime.timedelta``; they are converted once, here.
+Invalid values raise :class:`~retrylib.errors.ConfigError` naming the field and the rule.
+
+The escalation ladder
+---------------------
+Stages are chosen by how many attempts have *failed validation* so far (transport errors
+do not count). In ladder order, each one switched on by its own threshold:
+
+==============  =====================================  =====================================
+stage           threshold field                        what later attempts get
+==============  =====================================  =====================================
+normal          (always)                               the prompt, plus feedback on failures
+constrained     ``max_attempts_before_constrained`` K  a schema-constrained ``response_format``
+fallback        ``max_attempts_before_fallback`` F     the next model of ``fallback_models``
+tool            ``max_attempts_before_tool_use`` N     the debug-tool suggestion + ``mcp_config``
+human           ``max_attempts_before_human`` M        no call: ``HumanReviewNeededError``
+==============  =====================================  =====================================
+
+Stages accumulate: once on, a stage stays on. The thresholds that are set must keep that
+order, K < F < N ≤ M ≤ max_attempts (N may equal M, as in the original design, where the
+tool stage then never happens). Two stages on the same threshold would hide one of them, so
+that is a ``ConfigError``. ``RetryConfig.ladder()`` returns the order explicitly.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from retrylib.errors import ConfigError
+
+Jitter = Literal["none", "full", "equal", "decorrelated"]
+Stage = Literal["normal", "constrained", "fallback", "tool", "human"]
+STAGES: tuple[str, ...] = ("normal", "constrained", "fallback", "tool", "human")
+
+
+def _seconds(v: Any) -> Any:
+    return v.total_seconds() if isinstance(v, timedelta) else v
+
+
+class FallbackModel(BaseModel):
+    """One rung of the model-fallback stage.
+
+    Attributes:
+        model: a litellm model string (``"openai/gemma3"``, ``"proxy/smollm2"``, ...).
+        api_base: where that model is served, when not the provider default.
+        api_key: its key, when not taken from the environment.
+        kwargs: extra keyword arguments for its calls.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, **self.kwargs}
+        if self.api_base:
+            out["api_base"] = self.api_base
+        if self.api_key:
+            out["api_key"] = self.api_key
+        return out
+
+
+class RetryConfig(BaseModel):
+    """How to retry one LLM call until its output is valid.
+
+    Attributes:
+        max_attempts: total calls, including the first; 1 means no retry.
+        initial_delay: the first backoff delay, in seconds.
+        backoff_factor: each delay is the previous one times this (before jitter).
+        max_delay: no delay is longer than this.
+        jitter: ``none``, ``full``, ``equal`` or ``decorrelated`` (see ``retrylib.backoff``).
+        seed: makes the jittered schedule reproducible.
+        attempt_timeout: the per-call timeout, passed to the route as ``timeout``.
+        deadline: the whole call, sleeps included, ends by then (``RetryExhaustedError``).
+        respect_retry_after: wait at least what ``Retry-After``/``retry-after-ms`` ask for.
+        max_retry_after: a server that asks for a longer wait ends the call.
+        delay_validation_retries: back off before re-asking after a failed validation too
+            (by default the re-ask is immediate: the server is fine, the answer was not).
+        max_attempts_before_constrained: K, see the ladder above.
+        max_attempts_before_fallback: F.
+        max_attempts_before_tool_use: N.
+        max_attempts_before_human: M.
+        fallback_models: the models of the fallback stage, in order.
+        constrained_format: how to ask for constrained output: ``llama_cpp`` sends
+            ``{"type": "json_object", "schema": ...}``, ``openai`` sends ``json_schema``.
+        debug_tool_name: the tool suggested from the tool stage on.
+        debug_tool_mcp_config: its MCP config, added to the call kwargs as ``mcp_config``.
+        original_user_prompt: repeated in every feedback message, so it stays in context.
+        feedback_history: ``full`` resends every failed answer; ``last`` only the latest.
+        debug_mode: log each attempt with its delay, error and stage.
+        trace_memory: record the tracemalloc peak of the call in the metrics.
+        max_validator_depth: how deep validators that call models (``LLMJudge``) may nest.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    max_attempts: int = Field(3, ge=1, le=10_000)
+    initial_delay: float = Field(0.5, ge=0)
+    backoff_factor: float = Field(2.0, ge=1)
+    max_delay: float = Field(30.0, ge=0)
+    jitter: Jitter = "full"
+    seed: int | None = None
+    attempt_timeout: float | None = Field(None, gt=0)
+    deadline: float | None = Field(None, gt=0)
+    respect_retry_after: bool = True
+    max_retry_after: float = Field(60.0, ge=0)
+    delay_validation_retries: bool = False
+
+    max_attempts_before_constrained: int | None = Field(None, ge=1)
+    max_attempts_before_fallback: int | None = Field(None, ge=1)
+    max_attempts_before_tool_use: int | None = Field(None, ge=1)
+    max_attempts_before_human: int | None = Field(None, ge=1)
+    fallback_models: tuple[FallbackModel, ...] = ()
+    constrained_format: Literal["llama_cpp", "openai"] = "llama_cpp"
+
+    debug_tool_name: str | None = None
+    debug_tool_mcp_config: dict[str, Any] | None = None
+    original_user_prompt: str | None = None
+    feedback_history: Literal["full", "last"] = "full"
+    debug_mode: bool = False
+    trace_memory: bool = False
+    max_validator_depth: int = Field(2, ge=0, le=10)
+
+    @field_validator(
+        "initial_delay", "max_delay", "attempt_timeout", "deadline", "max_retry_after", mode="before"
+    )
+    @classmethod
+    def _timedelta_to_seconds(cls, v: Any) -> Any:
+        return _seconds(v)
+
+    @field_validator("fallback_models", mode="before")
+    @classmethod
+    def _coerce_fallbacks(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        return tuple({"model": m} if isinstance(m, str) else m for m in v)
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> RetryConfig:
+        if self.initial_delay > self.max_delay:
+            raise ValueError(
+                f"initial_delay ({self.initial_delay}) must not exceed max_delay ({self.max_delay})"
+            )
+        ladder = [(s, t) for s, t in self._thresholds() if t is not None]
+        for (s1, t1), (s2, t2) in zip(ladder, ladder[1:], strict=False):
+            # Only tool == human is allowed (the original design's semantics).
+            if t1 > t2 or (t1 == t2 and (s1, s2) != ("tool", "human")):
+                raise ValueError(
+                    f"escalation thresholds overlap or are out of order: {s1} at {t1} must come "
+                    f"before {s2} at {t2} (required: constrained < fallback < tool <= human)"
+                )
+        for stage, t in ladder:
+            if t > self.max_attempts:
+                raise ValueError(
+                    f"max_attempts_before_{'tool_use' if stage == 'tool' else stage} ({t}) must not "
+                    f"exceed max_attempts ({self.max_attempts})"
+                )
+        if self.max_attempts_before_fallback is not None and not self.fallback_models:
+            raise ValueError("max_attempts_before_fallback is set but fallback_models is empty")
+        if self.max_attempts_before_tool_use is not None and not self.debug_tool_name:
+            raise ValueError("max_attempts_before_tool_use is set but debug_tool_name is empty")
+        return self
+
+    def _thresholds(self) -> list[tuple[str, int | None]]:
+        return [
+            ("constrained", self.max_attempts_before_constrained),
+            ("fallback", self.max_attempts_before_fallback),
+            ("tool", self.max_attempts_before_tool_use),
+            ("human", self.max_attempts_before_human),
+        ]
+
+    def ladder(self) -> list[tuple[str, int]]:
+        """The stages that are switched on, in order, with the failure count that starts each.
+
+        ``normal`` starts at 0 failures and is always first.
+        """
+        return [("normal", 0)] + [(s, t) for s, t in self._thresholds() if t is not None]
+
+    def stage_for(self, failures: int) -> str:
+        """The stage of an attempt made after ``failures`` failed validations."""
+        stage = "normal"
+        for s, t in self.ladder():
+            if failures >= t:
+                stage = s
+        return stage
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error("RetryConfig", exc)) from None
+
+    def replace(self, **changes: Any) -> RetryConfig:
+        """A copy with ``changes`` applied and validated."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+def format_validation_error(what: str, exc: ValidationError) -> str:
+    """One readable line per broken rule: ``field: rule (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(config)"
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{got_s}")
+    return f"invalid {what}: " + "; ".join(lines)

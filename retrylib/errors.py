@@ -1,0 +1,202 @@
+"""retrylib's exceptions, one tree under :class:`RetrylibError`.
+
+::
+
+    RetrylibError
+    ├── ConfigError (ValueError)      a programmer mistake: bad config, unknown validator type,
+    │                                 bad notebook parameter. Raised before any call is made.
+    ├── ServerStartError (RuntimeError)
+    │                                 the embedded model server could not start; quotes its log.
+    ├── ExtractionError (ValueError)  no text could be read from a response. Inside the retry
+    │                                 loop this is a failed validation ("empty response").
+    ├── ProxyHTTPError                the proxy route got a non-2xx status. Carries status_code,
+    │                                 lower-cased headers and the body, like litellm's errors.
+    ├── MalformedResponseError        the proxy route got a 2xx whose body is not JSON (retryable,
+│                                 as litellm's InternalServerError is for the same fault)
+└── RetryError                    a call that ended without a valid answer. Carries attempts.
+        ├── NonRetryableError         one call, and an error retrying cannot fix (400, 401, ...)
+        ├── RetryExhaustedError       attempts ran out, the deadline did, or the server asked
+        │                             for a wait beyond ``max_retry_after``
+        └── HumanReviewNeededError    the M-th validation failure: a person has to look
+
+Every :class:`RetryError` pickles. litellm's exceptions do not (their constructors need
+arguments that pickling drops), so the errors keep the *facts* of the last failure
+(class name, status, message, headers) rather than the exception object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RetrylibError(Exception):
+    """The base of every exception retrylib raises."""
+
+
+class ConfigError(RetrylibError, ValueError):
+    """An invalid configuration. The message names the field and the rule it broke."""
+
+
+class ServerStartError(RetrylibError, RuntimeError):
+    """The embedded model server did not come up. The message quotes its log's tail."""
+
+
+class ExtractionError(RetrylibError, ValueError):
+    """No text could be extracted from a response (no choices, ``None`` content, unknown shape)."""
+
+
+class ProxyHTTPError(RetrylibError):
+    """A non-2xx reply on the proxy route.
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: the response headers, lower-cased.
+        body: the response body as text (at most 2,000 characters).
+    """
+
+    def __init__(self, status_code: int, headers: dict[str, str] | None = None, body: str = ""):
+        self.status_code = int(status_code)
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.body = body[:2000]
+        super().__init__(f"HTTP {self.status_code} from the proxy route: {self.body[:200]}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status_code, self.headers, self.body))
+
+
+class MalformedResponseError(RetrylibError):
+    """A success status whose body is not JSON (proxy route).
+
+    Attributes:
+        http_status: the status the server sent (2xx).
+        body: the body as text (at most 2,000 characters).
+    """
+
+    def __init__(self, http_status: int, body: str = ""):
+        self.http_status = int(http_status)
+        self.body = body[:2000]
+        super().__init__(f"HTTP {self.http_status} with a body that is not JSON: {self.body[:120]!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.http_status, self.body))
+
+
+class RetryError(RetrylibError):
+    """A call that ended without valid output.
+
+    Attributes:
+        attempts: every :class:`~retrylib.result.Attempt` made, in order.
+        last_error: a plain dict describing the last failure (``type``, ``status_code``,
+            ``message``, ``headers``), or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.attempts = list(attempts or [])
+        self.last_error = last_error
+        self.metrics: dict[str, Any] = {}  # filled in by the retry loop
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type, message: str, state: dict[str, Any]) -> RetryError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
+
+class NonRetryableError(RetryError):
+    """An error that retrying cannot fix; raised after exactly one call.
+
+    The original exception is ``__cause__`` (it does not survive pickling; its facts do, in
+    ``last_error``).
+
+    Attributes:
+        status_code: the HTTP status, when there was one.
+        reason: why it is not retryable.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        reason: str = "",
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.status_code = status_code
+        self.reason = reason
+
+
+class RetryExhaustedError(RetryError):
+    """The attempts ran out, the deadline did, or the server asked for too long a wait.
+
+    Attributes:
+        reason: one of ``max_attempts``, ``deadline``, ``retry_after_too_long``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "max_attempts",
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.reason = reason
+
+
+class HumanReviewNeededError(RetryError):
+    """The model failed validation M times; a person has to decide.
+
+    It carries the whole story, and pickles, so it can be queued for review.
+
+    Attributes:
+        attempts: every attempt, with its validation errors and stage.
+        messages: the exact messages sent on the last attempt.
+        last_response: the last raw response (a dict, a ``ModelResponse`` or a ``str``).
+        last_text: the text extracted from it.
+        validation_errors: the errors of the last failed validation.
+        config: the ``RetryConfig`` as a dict.
+        reason: one line saying why a human is needed.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        attempts: list[Any] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        last_response: Any = None,
+        last_text: str | None = None,
+        validation_errors: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        super().__init__(reason, attempts=attempts, last_error=last_error)
+        self.reason = reason
+        self.messages = list(messages or [])
+        self.last_response = last_response
+        self.last_text = last_text
+        self.validation_errors = list(validation_errors or [])
+        self.config = dict(config or {})
+
+    def summary(self) -> str:
+        """A short, human-readable account of what happened."""
+        lines = [f"Human review needed: {self.reason}", f"attempts: {len(self.attempts)}"]
+        for a in self.attempts:
+            errs = "; ".join(getattr(a, "validation_errors", ()) or ()) or getattr(a, "error_type", "") or ""
+            lines.append(f"  #{a.number} [{a.stage}] {a.outcome}: {errs[:160]}")
+        return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""The re-ask: what the model is told after an answer fails validation.
+
+After a failed attempt the conversation grows by two messages: the model's own answer (as
+an ``assistant`` message) and a ``user`` message that lists every error, numbered, then the
+suggestions, then the original user prompt (when the config gives one, so it stays in
+context however long the exchange grows), and, from the tool stage on, the suggestion to
+use the debugging tool.
+
+``feedback_history`` decides how much of the exchange is resent: ``full`` keeps every
+failed answer and its feedback; ``last`` keeps only the latest pair, which bounds the token
+growth of long retry chains.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One failed attempt as it is replayed to the model: its answer and the feedback."""
+
+    answer: str
+    feedback: str
+
+
+def feedback_text(
+    errors: Sequence[str],
+    suggestions: Sequence[str] = (),
+    *,
+    original_prompt: str | None = None,
+    tool_name: str | None = None,
+) -> str:
+    """The text of the re-ask message.
+
+    Args:
+        errors: what was wrong; each one is numbered.
+        suggestions: how to fix it; listed after the errors, duplicates removed.
+        original_prompt: the user's original request, repeated so it stays in context.
+        tool_name: from the tool stage on, the debugging tool to suggest.
+
+    Returns:
+        The message text.
+    """
+    errs = list(errors) or ["the answer was rejected"]
+    lines = ["Your previous answer did not pass validation.", "", "Errors:"]
+    lines += [f"{i}. {e}" for i, e in enumerate(errs, 1)]
+    sugg = list(dict.fromkeys(s for s in suggestions if s))
+    if sugg:
+        lines += ["", "Suggestions:"] + [f"- {s}" for s in sugg]
+    if original_prompt:
+        lines += ["", "The original request, which still applies:", original_prompt]
+    if tool_name:
+        lines += [
+            "",
+            f"Use the debugging tool `{tool_name}` (its MCP config is attached to this request) "
+            "to find the cause before you answer again.",
+        ]
+    lines += ["", "Reply again with a corrected answer only."]
+    return "\n".join(lines)
+
+
+def build_messages(
+    base: Sequence[dict[str, Any]],
+    history: Sequence[Exchange],
+    policy: str = "full",
+) -> list[dict[str, Any]]:
+    """The messages of the next attempt: the original ones, then the replayed failures.
+
+    The caller's messages are deep-copied, never mutated.
+
+    Args:
+        base: the caller's messages.
+        history: the failed attempts so far, oldest first.
+        policy: ``full`` (every failure) or ``last`` (only the latest).
+
+    Returns:
+        A new list of new dicts.
+    """
+    out = copy.deepcopy(list(base))
+    replay = history if policy == "full" else history[-1:]
+    for ex in replay:
+        # llama.cpp's server answers 500 to an assistant message whose content is None.
+        out.append({"role": "assistant", "content": ex.answer or ""})
+        out.append({"role": "user", "content": ex.feedback})
+    return out

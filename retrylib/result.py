@@ -1,0 +1,152 @@
+"""What a call leaves behind: one :class:`Attempt` per call made, and the :class:`RetryResult`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Outcome = Literal["ok", "validation_failed", "transport_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call to the model and its verdict. Frozen: hooks and reports can't alter history.
+
+    Times are seconds since the retry call started (``time.monotonic`` based), so attempts
+    line up on one axis; ``timestamp`` is the wall-clock start.
+
+    Attributes:
+        number: 1-based.
+        start, end: when the call was made and answered.
+        scheduled_delay: the delay the backoff schedule planned before this attempt.
+        retry_after: what the server asked for after the previous attempt, if anything.
+        slept: the delay actually slept before this attempt (measured).
+        outcome: ``ok``, ``validation_failed`` or ``transport_error``.
+        error_type, status_code, error_message: the transport error, if any.
+        retryable: the classification of that error.
+        validation_errors: what the validators said.
+        text: the extracted answer (``None`` when there was none).
+        tokens_in, tokens_out, cost, cache_hit: what the response reported.
+        stage: ``normal``, ``constrained``, ``fallback``, ``tool`` (see ``RetryConfig``).
+        tool_suggested: the messages sent carried the debug-tool suggestion.
+        mcp_config_sent: the call kwargs carried ``mcp_config``.
+        constrained: the call asked for schema-constrained output.
+        model: the model this attempt asked for (when known).
+        note: anything the loop decided on the way (a stage skipped, and why).
+        messages_sent: how many messages the attempt sent.
+        rss_bytes: the process's resident set size after the attempt.
+        timestamp: wall-clock time of ``start``.
+    """
+
+    number: int
+    start: float
+    end: float
+    outcome: Outcome
+    stage: str = "normal"
+    scheduled_delay: float = 0.0
+    retry_after: float | None = None
+    slept: float = 0.0
+    error_type: str | None = None
+    status_code: int | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    validation_errors: tuple[str, ...] = ()
+    text: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    cache_hit: bool = False
+    tool_suggested: bool = False
+    mcp_config_sent: bool = False
+    constrained: bool = False
+    model: str | None = None
+    note: str | None = None
+    messages_sent: int = 0
+    rss_bytes: int = 0
+    timestamp: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["duration"] = self.duration
+        d["validation_errors"] = list(self.validation_errors)
+        return d
+
+
+@dataclass(slots=True)
+class RetryResult:
+    """A call that produced valid output.
+
+    Attributes:
+        content: the validated text.
+        response: the raw response it came in.
+        parsed: the JSON object or pydantic instance, when a validator parsed one.
+        attempts: every attempt, in order; the last one is ``ok``.
+        metrics: ``api_calls``, ``total_seconds``, ``sleep_seconds``, ``tokens_in``,
+            ``tokens_out``, ``cost``, ``cache_hits``, ``stage_reached``,
+            ``validation_failures``, ``transport_errors``, ``validator_api_calls``,
+            ``validator_tokens_in``, ``validator_tokens_out``, ``total_api_calls``, and
+            ``peak_traced_bytes`` when ``trace_memory`` was on.
+    """
+
+    content: str
+    response: Any
+    parsed: Any = None
+    attempts: list[Attempt] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per attempt."""
+        return attempts_frame(self.attempts)
+
+    def __repr__(self) -> str:
+        text = self.content if len(self.content) <= 60 else self.content[:57] + "..."
+        return (
+            f"RetryResult(content={text!r}, attempts={len(self.attempts)}, "
+            f"stage_reached={self.metrics.get('stage_reached')!r})"
+        )
+
+
+def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
+    """A DataFrame with one row per attempt (also used for failed calls' attempts)."""
+    import pandas as pd
+
+    return pd.DataFrame([a.to_dict() for a in attempts])
+
+
+def summarize(
+    attempts: list[Attempt], subresults: list[Any], stage_reached: str, peak: int | None
+) -> dict[str, Any]:
+    """The metrics dict of a call, from its attempts and the calls its validators made."""
+    m: dict[str, Any] = {
+        "api_calls": len(attempts),
+        "total_seconds": (attempts[-1].end if attempts else 0.0),
+        "sleep_seconds": sum(a.slept for a in attempts),
+        "tokens_in": sum(a.tokens_in for a in attempts),
+        "tokens_out": sum(a.tokens_out for a in attempts),
+        "cost": sum(a.cost for a in attempts),
+        "cache_hits": sum(a.cache_hit for a in attempts),
+        "stage_reached": stage_reached,
+        "validation_failures": sum(a.outcome == "validation_failed" for a in attempts),
+        "transport_errors": sum(a.outcome == "transport_error" for a in attempts),
+        "validator_api_calls": sum(r.metrics.get("total_api_calls", 0) for r in subresults),
+        "validator_tokens_in": sum(_nested(r, "tokens_in") for r in subresults),
+        "validator_tokens_out": sum(_nested(r, "tokens_out") for r in subresults),
+        "rss_peak_bytes": max((a.rss_bytes for a in attempts), default=0),
+    }
+    m["total_api_calls"] = m["api_calls"] + m["validator_api_calls"]
+    m["cache_hit_rate"] = m["cache_hits"] / m["api_calls"] if attempts else 0.0
+    if peak is not None:
+        m["peak_traced_bytes"] = peak
+    return m
+
+
+def _nested(result: Any, key: str) -> int:
+    """A sub-call's own tokens plus those of the validators inside it."""
+    return int(result.metrics.get(key, 0)) + int(result.metrics.get(f"validator_{key}", 0))

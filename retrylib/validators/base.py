@@ -1,0 +1,70 @@
+"""The validator protocol: what every validator takes and returns.
+
+A validator is any object with a ``name`` and an ``async validate(text, context)`` method
+that returns a :class:`ValidationResult`. Validators never raise for bad *output*: a bad
+answer is a result with ``valid=False`` and errors that say, in words the model can act on,
+what was wrong. They raise only for programmer mistakes (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """The verdict on one answer.
+
+    Attributes:
+        valid: whether the answer passed.
+        errors: what was wrong, one sentence each; fed back to the model.
+        suggestions: how to fix it; fed back to the model after the errors.
+        parsed: the parsed object (a dict, a pydantic model, ...) when the validator made one.
+    """
+
+    valid: bool
+    errors: tuple[str, ...] = ()
+    suggestions: tuple[str, ...] = ()
+    parsed: Any = None
+
+    @classmethod
+    def ok(cls, parsed: Any = None) -> ValidationResult:
+        return cls(True, (), (), parsed)
+
+    @classmethod
+    def fail(cls, *errors: str, suggestions: tuple[str, ...] | list[str] = ()) -> ValidationResult:
+        return cls(False, tuple(errors), tuple(suggestions), None)
+
+
+@dataclass(slots=True)
+class ValidationContext:
+    """What a validator may know about the call it judges.
+
+    One context is made per attempt; nothing in it is shared between concurrent calls.
+
+    Attributes:
+        attempt: the 1-based number of the attempt whose answer is judged.
+        messages: the messages that were sent for that attempt (read-only by convention).
+        depth: how many ``retry_with_validation`` calls enclose this one; a validator that
+            makes calls of its own (``LLMJudge``) passes ``depth + 1`` down and refuses to go
+            past ``max_depth``.
+        max_depth: the recursion limit for validators that call models.
+        subresults: ``RetryResult`` objects of calls that validators made; the manager adds
+            their API calls and tokens to the outer call's metrics.
+    """
+
+    attempt: int = 1
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    depth: int = 0
+    max_depth: int = 2
+    subresults: list[Any] = field(default_factory=list)
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """Anything with a name and an async ``validate``."""
+
+    name: str
+
+    async def validate(self, text: str, context: ValidationContext) -> ValidationResult: ...

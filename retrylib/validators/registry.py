@@ -1,0 +1,207 @@
+"""Validators by name, for declarative configs (YAML parameter files, notebooks).
+
+A spec is one of:
+
+- a type name: ``"json_object"``;
+- a dict: ``{"type": "regex", "params": {"pattern": "^\\\\d+$", "mode": "fullmatch"}}``;
+- a validator that is already built, which passes through unchanged.
+
+The names of the original design (``response_not_empty``, ``json_string``,
+``field_present``, ``agent_task``) still work, next to the new ones. ``register`` adds
+your own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from retrylib.errors import ConfigError
+from retrylib.validators.base import Validator
+from retrylib.validators.code import PythonCode
+from retrylib.validators.combine import AllOf, AnyOf
+from retrylib.validators.judge import LLMJudge
+from retrylib.validators.structured import FieldsPresent, JsonObject, JsonSchema, PydanticSchema
+from retrylib.validators.text import LengthRange, RegexMatch, ResponseNotEmpty
+
+Factory = Callable[..., Validator]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory, *, replace: bool = False) -> None:
+    """Make ``factory(**params)`` buildable as ``{"type": name, "params": params}``.
+
+    Args:
+        name: the type name.
+        factory: a class or function that takes the params as keyword arguments and
+            returns a validator.
+        replace: allow replacing a name that is already registered.
+
+    Raises:
+        ConfigError: the name is taken (and ``replace`` is false), or empty, or the factory
+            is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"validator type names must be non-empty strings, not {name!r}")
+    if not callable(factory):
+        raise ConfigError(f"the factory for validator type {name!r} is not callable: {factory!r}")
+    if name in _REGISTRY and not replace:
+        raise ConfigError(f"validator type {name!r} is already registered (pass replace=True)")
+    _REGISTRY[name] = factory
+
+
+def known_types() -> list[str]:
+    """The registered type names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _is_validator(obj: Any) -> bool:
+    return not isinstance(obj, str | Mapping) and callable(getattr(obj, "validate", None))
+
+
+def build_validator(spec: str | Mapping[str, Any] | Validator) -> Validator:
+    """The validator a spec describes.
+
+    Raises:
+        ConfigError: an unknown type (the message lists the known ones), params that the
+            type does not take or lacks (named), or a value the validator refuses.
+    """
+    if _is_validator(spec):
+        return spec  # type: ignore[return-value]
+    if isinstance(spec, str):
+        kind, params = spec, {}
+    elif isinstance(spec, Mapping):
+        extra = sorted(set(spec) - {"type", "params"})
+        if extra:
+            raise ConfigError(
+                f"validator spec {dict(spec)!r} has unknown keys {extra}; "
+                "use {'type': ..., 'params': {...}}"
+            )
+        kind, params = spec.get("type"), spec.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"validator type {kind!r}: params must be a mapping, not {params!r}")
+    else:
+        raise ConfigError(
+            f"a validator spec must be a type name, a dict or a validator, not {spec!r}"
+        )
+    factory = _REGISTRY.get(kind)  # type: ignore[arg-type]
+    if factory is None:
+        raise ConfigError(
+            f"unknown validator type {kind!r}; known types: {', '.join(known_types())}"
+        )
+    try:
+        signature: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**params)
+        except TypeError as exc:
+            accepted = ", ".join(
+                p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD
+            )
+            raise ConfigError(
+                f"validator type {kind!r}: bad params: {exc} (params: {accepted})"
+            ) from None
+    try:
+        return factory(**params)
+    except ConfigError as exc:
+        raise ConfigError(f"validator type {kind!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"validator type {kind!r}: bad params: {exc}") from exc
+
+
+def build_validators(
+    specs: Iterable[str | Mapping[str, Any] | Validator] | None,
+) -> list[Validator]:
+    """:func:`build_validator` for each spec; ``None`` gives an empty list."""
+    if specs is None:
+        return []
+    if isinstance(specs, str | Mapping) or _is_validator(specs):
+        specs = [specs]  # type: ignore[list-item]
+    return [build_validator(s) for s in specs]
+
+
+def import_object(path: str) -> Any:
+    """The object ``"pkg.mod:Class"`` (or ``"pkg.mod.Class"``) names."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{path!r} is not an import path like 'pkg.mod:Class'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {path!r}: {exc}") from exc
+    return obj
+
+
+# -- factories whose params differ from the class's arguments ------------------------------
+
+
+def _fields(field: str | None = None, fields: list[str] | None = None) -> FieldsPresent:
+    if (field is None) == (fields is None):
+        raise ConfigError("give exactly one of 'field' (one path) and 'fields' (a list)")
+    return FieldsPresent(field if field is not None else fields)  # type: ignore[arg-type]
+
+
+def _pydantic(model: str | type) -> PydanticSchema:
+    return PydanticSchema(import_object(model) if isinstance(model, str) else model)
+
+
+def _regex(
+    pattern: str,
+    flags: int | str | list[str] = 0,
+    mode: str = "search",
+    description: str | None = None,
+) -> RegexMatch:
+    if not isinstance(flags, int):  # YAML: "IGNORECASE" or ["I", "MULTILINE"]
+        names = [flags] if isinstance(flags, str) else list(flags)
+        value = 0
+        for n in names:
+            flag = getattr(re, str(n).upper(), None)
+            if not isinstance(flag, re.RegexFlag):
+                raise ConfigError(f"unknown regex flag {n!r}")
+            value |= flag
+        flags = value
+    return RegexMatch(pattern, flags=flags, mode=mode, description=description)  # type: ignore[arg-type]
+
+
+def _judge(
+    model: str, rubric: str | None = None, task: str | None = None, **kwargs: Any
+) -> LLMJudge:
+    if (rubric is None) == (task is None):
+        raise ConfigError("give exactly one of 'rubric' and 'task' (the same thing)")
+    return LLMJudge(model, rubric if rubric is not None else task, **kwargs)  # type: ignore[arg-type]
+
+
+def _all_of(validators: list[Any], fail_fast: bool = False) -> AllOf:
+    return AllOf(*build_validators(validators), fail_fast=fail_fast)
+
+
+def _any_of(validators: list[Any]) -> AnyOf:
+    return AnyOf(*build_validators(validators))
+
+
+for _name, _factory in {
+    "response_not_empty": ResponseNotEmpty,
+    "json_string": JsonObject,
+    "field_present": _fields,
+    "agent_task": _judge,
+    "json_object": JsonObject,
+    "fields_present": _fields,
+    "pydantic_schema": _pydantic,
+    "json_schema": JsonSchema,
+    "regex": _regex,
+    "length_range": LengthRange,
+    "python_code": PythonCode,
+    "llm_judge": _judge,
+    "all_of": _all_of,
+    "any_of": _any_of,
+}.items():
+    register(_name, _factory)
