@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import email.utils
 import json
 import signal
@@ -85,10 +86,11 @@ _ERROR_TYPES = {
     429: "rate_limit_exceeded", 500: "server_error", 502: "bad_gateway",
     503: "service_unavailable", 504: "timeout",
 }
-# llama-cpp-python's server validates requests with pydantic models that ignore unknown
-# keys, so extras such as litellm's `mcp_config` are forwarded as received.
+# Request bodies are forwarded byte for byte. llama-cpp-python 0.3.36's server ignores
+# unknown top-level keys (litellm puts e.g. `mcp_config` there), so nothing is stripped.
 _HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding",
                "te", "upgrade", "proxy-connection", "accept-encoding"}
+_NOT_FORWARDED = {"content-encoding", "date", "server"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +141,10 @@ def parse_fault(token: str | Fault) -> Fault:
         return Fault(raw, name, status=int(name), options=_parse_options(raw, arg) if sep else ())
     if name in ("hang", "latency"):
         seconds = None
-        if sep:
-            try:
-                seconds = float(arg)
-            except ValueError:
-                raise ConfigError(f"chaos fault {raw!r}: {arg!r} is not a number of seconds") from None
-            if seconds < 0:
-                raise ConfigError(f"chaos fault {raw!r}: seconds must be >= 0")
+        with contextlib.suppress(ValueError):
+            seconds = float(arg) if sep else None
+        if sep and (seconds is None or seconds < 0):
+            raise ConfigError(f"chaos fault {raw!r}: {arg!r} is not a number of seconds >= 0")
         return Fault(raw, name, seconds=seconds)
     if sep:
         raise ConfigError(f"chaos fault {raw!r}: {name!r} takes no options; known faults: {known}")
@@ -279,10 +278,15 @@ class ChaosProxy:
             self._plans[key or ""] = deque(faults)
 
     def journal(self, key: str | None = None) -> list[dict[str, Any]]:
-        """Copies of the journaled requests in arrival order; ``key=None``: every key."""
+        """The journaled requests of ``key`` (``None``: every key), in arrival order.
+
+        Each entry is a deep copy: ``seq``, ``time``, ``monotonic``, ``method``, ``path``,
+        ``headers`` (lower-cased), ``body`` (parsed JSON, or text), ``key``, ``fault`` (the
+        token applied), ``status`` (``None`` for hang and reset, or while in flight) and
+        ``duration`` (seconds until the handler finished; ``None`` while in flight).
+        """
         with self._lock:
-            return [dict(e, headers=dict(e["headers"])) for e in self._journal
-                    if key is None or e["key"] == key]
+            return copy.deepcopy([e for e in self._journal if key is None or e["key"] == key])
 
     def clear(self, key: str | None = None) -> None:
         """Forget the journal and plan of ``key``, or of everything when ``key`` is ``None``."""
@@ -399,6 +403,7 @@ class ChaosProxy:
                      "body": body, "key": key, "fault": fault.token, "status": None,
                      "duration": None}
             self._journal.append(entry)
+        response: web.StreamResponse
         if bad_header is not None:
             response = _error(400, f"X-Chaos-Fault: {bad_header}")
         else:
@@ -455,13 +460,14 @@ class ChaosProxy:
 
     async def _hang(self, request: web.Request, seconds: float) -> None:
         # aiohttp does not cancel a handler when its client leaves, so poll the transport.
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._stopping.is_set():
+        deadline, stopping = time.monotonic() + seconds, self._stopping
+        assert stopping is not None  # set by _serve before any request arrives
+        while time.monotonic() < deadline and not stopping.is_set():
             transport = request.transport
             if transport is None or transport.is_closing():
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(0.05, deadline - time.monotonic()))
+                await asyncio.wait_for(stopping.wait(), 0.05)
         if request.transport is not None:
             request.transport.close()
 
@@ -477,7 +483,7 @@ class ChaosProxy:
         return response
 
     async def _forward(self, request: web.Request, raw: bytes, body: Any) -> web.StreamResponse:
-        if self.upstream_free:
+        if self.upstream_free or self.upstream is None:
             return self._upstream_free_reply(request, body)
         path = request.path[3:] if request.path.startswith("/v1/") else request.path
         url = self.upstream + path + (f"?{request.query_string}" if request.query_string else "")
@@ -496,8 +502,12 @@ class ChaosProxy:
                         await response.write(chunk)
                     await response.write_eof()
                     return response
+                # Keep the upstream's headers (a real Retry-After must reach the client); aiohttp
+                # already decompressed the body, so its encoding and length no longer apply.
+                kept = {k: v for k, v in upstream.headers.items()
+                        if k.lower() not in _HOP_BY_HOP | _NOT_FORWARDED}
                 return web.Response(status=upstream.status, body=await upstream.read(),
-                                    headers={"Content-Type": ctype})
+                                    headers=kept)
         except (aiohttp.ClientConnectionError, OSError) as exc:
             return _error(502, f"chaos proxy could not reach upstream {self.upstream}: "
                                f"{type(exc).__name__}: {exc}")
@@ -553,3 +563,55 @@ def run_forever(upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "
         print(f"chaos proxy: {proxy.url} (upstream: {shown})", flush=True)
         while not done.wait(0.5):  # a timed wait keeps the main thread responsive to signals
             pass
+
+
+class ChaosClient:
+    """A running proxy's control endpoints, over HTTP: the same methods as :class:`ChaosProxy`.
+
+    For code in another process than the proxy (a notebook kernel while the workbook runner
+    owns the proxy, or a script next to ``retrylib chaos``).
+
+    Args:
+        url: the proxy's OpenAI base URL (``http://127.0.0.1:PORT/v1``) or its base URL.
+        timeout: seconds for each control request.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        base = url.rstrip("/")
+        self.base_url = base[:-3] if base.endswith("/v1") else base
+        self.url = self.base_url + "/v1"
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            resp = httpx.request(method, self.base_url + path, timeout=self.timeout, **kw)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"chaos proxy at {self.base_url} is not reachable: {exc}") from exc
+        if resp.status_code >= 400:
+            raise ConfigError(f"chaos proxy {method} {path}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/_chaos/health")
+
+    def set_plan(self, plan: str | Sequence[str] | None, key: str | None = None) -> None:
+        """Replace the scripted sequence of ``key``; a bad token is a ``ConfigError``."""
+        if plan is not None and not isinstance(plan, str):
+            plan = [f.token if isinstance(f, Fault) else f for f in plan]
+        self._request("POST", "/_chaos/plan", json={"plan": plan, "key": key or ""})
+
+    def journal(self, key: str | None = None) -> list[dict[str, Any]]:
+        params = {} if key is None else {"key": key}
+        return self._request("GET", "/_chaos/journal", params=params)["entries"]
+
+    def clear(self, key: str | None = None) -> None:
+        params = {} if key is None else {"key": key}
+        self._request("DELETE", "/_chaos/journal", params=params)
+
+    def stop(self) -> None:
+        """Nothing to stop: the proxy belongs to another process."""
+
+    def __repr__(self) -> str:
+        return f"<ChaosClient {self.url}>"

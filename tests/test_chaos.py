@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network on import
@@ -40,7 +43,7 @@ def free():
 
 
 async def ask(url: str, *, key: str | None = None, fault: str | None = None,
-              timeout: float = 30.0, model: str = "smollm2", **kwargs):
+              client_timeout: float = 30.0, model: str = "smollm2", **kwargs):
     """One litellm call through the proxy, without any client-side retry."""
     headers = {}
     if key is not None:
@@ -49,7 +52,7 @@ async def ask(url: str, *, key: str | None = None, fault: str | None = None,
         headers["X-Chaos-Fault"] = fault
     return await litellm.acompletion(
         model=f"openai/{model}", api_base=url, api_key="sk-local", messages=MESSAGES,
-        num_retries=0, max_retries=0, timeout=timeout, extra_headers=headers, **kwargs)
+        num_retries=0, max_retries=0, timeout=client_timeout, extra_headers=headers, **kwargs)
 
 
 def cause_names(exc: BaseException) -> list[str]:
@@ -169,7 +172,7 @@ async def test_hang_times_out_the_client(free):
     """hang holds the request; a client with a 1 s timeout raises litellm.Timeout."""
     start = time.monotonic()
     with pytest.raises(litellm.Timeout) as info:
-        await ask(free.url, key="hang", fault="hang", timeout=1.0)
+        await ask(free.url, key="hang", fault="hang", client_timeout=1.0)
     assert time.monotonic() - start < 3
     assert "Timeout" in " ".join(cause_names(info.value))
     assert free.journal("hang")[0]["status"] is None
@@ -181,8 +184,9 @@ async def test_hang_ends_when_the_client_leaves(free):
         with pytest.raises(httpx.ReadTimeout):
             await client.post(free.url + "/chat/completions", json={"messages": MESSAGES},
                               headers={"X-Chaos-Key": "hang-leave", "X-Chaos-Fault": "hang:10"})
-    deadline = time.monotonic() + 3
-    while free.journal("hang-leave")[0]["duration"] is None and time.monotonic() < deadline:
+    for _ in range(60):  # the proxy notices the disconnect within its 50 ms poll
+        if free.journal("hang-leave")[0]["duration"] is not None:
+            break
         await asyncio.sleep(0.05)
     assert free.journal("hang-leave")[0]["duration"] < 2
 
@@ -358,6 +362,25 @@ def test_stop_frees_the_port_and_ends_the_thread():
         s.bind(("127.0.0.1", port))
     with pytest.raises(httpx.ConnectError):
         httpx.get(p.base_url + "/_chaos/health")
+
+
+def test_run_forever_prints_the_url_and_stops_on_sigterm():
+    """run_forever (the CLI's engine) prints its URL line, serves, and exits on SIGTERM."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    code = "from retrylib.chaos import run_forever; run_forever(upstream=None, port=0)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("chaos proxy: http://127.0.0.1:") and "upstream-free" in line
+        url = line.split()[2]
+        assert httpx.get(url + "/models").headers["x-chaos-upstream"] == "none"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
 
 
 def test_only_loopback():

@@ -23,6 +23,7 @@ from retrylib.validators.registry import (
     import_object,
     known_types,
     register,
+    unregister,
 )
 from retrylib.validators.structured import (
     FieldsPresent,
@@ -58,4 +59,5 @@ __all__ = [
     "known_types",
     "load_json",
     "register",
+    "unregister",
 ]

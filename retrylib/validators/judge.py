@@ -23,6 +23,15 @@ SYSTEM_PROMPT = (
     "The reason is one sentence saying what is wrong, or why it is fine."
 )
 
+#: The verdict's JSON schema. A weak local model often answers in prose; pass
+#: ``response_format={"type": "json_object", "schema": VERDICT_SCHEMA}`` (llama.cpp's form)
+#: to constrain it.
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"pass": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["pass", "reason"],
+}
+
 _TRUE = {"true", "yes", "pass", "passed", "1"}
 _FALSE = {"false", "no", "fail", "failed", "0"}
 
@@ -59,7 +68,8 @@ class LLMJudge:
             default: 3 attempts, no backoff delay.
         max_depth: the judge refuses to run at this validator depth or deeper (so does the
             context's ``max_depth``, whichever is lower).
-        **call_kwargs: passed to ``make_call`` (``temperature``, ``max_tokens``, ...).
+        **call_kwargs: passed to ``make_call`` (``temperature``, ``max_tokens``,
+            ``response_format`` built from :data:`VERDICT_SCHEMA`, ...). None is required.
 
     Raises:
         ConfigError: an empty model or rubric, a negative ``max_depth``, or a bad config.

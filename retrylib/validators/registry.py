@@ -53,6 +53,11 @@ def register(name: str, factory: Factory, *, replace: bool = False) -> None:
     _REGISTRY[name] = factory
 
 
+def unregister(name: str) -> None:
+    """Forget a registered type name (a no-op when it is unknown)."""
+    _REGISTRY.pop(name, None)
+
+
 def known_types() -> list[str]:
     """The registered type names, sorted."""
     return sorted(_REGISTRY)
@@ -71,6 +76,8 @@ def build_validator(spec: str | Mapping[str, Any] | Validator) -> Validator:
     """
     if _is_validator(spec):
         return spec  # type: ignore[return-value]
+    kind: Any
+    params: Any
     if isinstance(spec, str):
         kind, params = spec, {}
     elif isinstance(spec, Mapping):
@@ -87,7 +94,7 @@ def build_validator(spec: str | Mapping[str, Any] | Validator) -> Validator:
         raise ConfigError(
             f"a validator spec must be a type name, a dict or a validator, not {spec!r}"
         )
-    factory = _REGISTRY.get(kind)  # type: ignore[arg-type]
+    factory = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if factory is None:
         raise ConfigError(
             f"unknown validator type {kind!r}; known types: {', '.join(known_types())}"
@@ -97,21 +104,30 @@ def build_validator(spec: str | Mapping[str, Any] | Validator) -> Validator:
     except (TypeError, ValueError):
         signature = None
     if signature is not None:
-        try:
-            signature.bind(**params)
-        except TypeError as exc:
-            accepted = ", ".join(
-                p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD
-            )
-            raise ConfigError(
-                f"validator type {kind!r}: bad params: {exc} (params: {accepted})"
-            ) from None
+        _check_params(kind, signature, params)
     try:
         return factory(**params)
     except ConfigError as exc:
         raise ConfigError(f"validator type {kind!r}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"validator type {kind!r}: bad params: {exc}") from exc
+
+
+def _check_params(kind: Any, signature: inspect.Signature, params: Mapping[str, Any]) -> None:
+    """Name the unknown or missing params before the factory sees them."""
+    accepted = [p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    listed = f"(params: {', '.join(accepted)})"
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [k for k in params if k not in accepted]
+    if unknown and not takes_any:
+        raise ConfigError(
+            f"validator type {kind!r}: unknown param{'s' * (len(unknown) > 1)} "
+            f"{', '.join(map(repr, unknown))} {listed}"
+        )
+    try:
+        signature.bind(**params)
+    except TypeError as exc:
+        raise ConfigError(f"validator type {kind!r}: bad params: {exc} {listed}") from None
 
 
 def build_validators(
@@ -188,7 +204,7 @@ def _any_of(validators: list[Any]) -> AnyOf:
     return AnyOf(*build_validators(validators))
 
 
-for _name, _factory in {
+_BUILTINS: dict[str, Factory] = {
     "response_not_empty": ResponseNotEmpty,
     "json_string": JsonObject,
     "field_present": _fields,
@@ -203,5 +219,6 @@ for _name, _factory in {
     "llm_judge": _judge,
     "all_of": _all_of,
     "any_of": _any_of,
-}.items():
+}
+for _name, _factory in _BUILTINS.items():
     register(_name, _factory)

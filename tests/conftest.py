@@ -1,0 +1,65 @@
+"""Shared fixtures: the embedded model (once per session) and the fault proxy (per test).
+
+Everything here is a real server on 127.0.0.1. The session ends by checking that no
+process this test run started is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from retrylib.chaos import ChaosProxy  # noqa: E402
+from retrylib.local import LocalModelServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_model():
+    """The embedded SmolLM2-135M server, started once for the whole session."""
+    srv = LocalModelServer("smollm2", n_ctx=4096)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def chaos(local_model):
+    """A fault proxy in front of the embedded model; its journal starts empty."""
+    with ChaosProxy(upstream=local_model.api_base) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def chaos_free():
+    """A fault proxy with no upstream (scripted replies and faults only, full speed)."""
+    with ChaosProxy(upstream=None, upstream_free=True) as proxy:
+        yield proxy
+
+
+def _server_children() -> list[psutil.Process]:
+    me = psutil.Process()
+    out = []
+    for child in me.children(recursive=True):
+        try:
+            if "llama_cpp.server" in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any model server it started is still running (an orphan)."""
+    left = _server_children()
+    if left:
+        for p in left:
+            p.kill()
+        session.exitstatus = 1
+        print(f"\nORPHANS: {len(left)} llama_cpp.server process(es) outlived the test session: "
+              f"{[p.pid for p in left]}")

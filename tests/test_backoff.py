@@ -1,0 +1,91 @@
+"""Backoff schedules: the formula, the jitter kinds, the bounds, the seed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrylib import Backoff, RetryConfig, backoff_schedule
+from retrylib.backoff import base_delay
+
+configs = st.builds(
+    lambda init, factor, cap, jitter, seed, n: RetryConfig(
+        max_attempts=n, initial_delay=min(init, cap), backoff_factor=factor, max_delay=cap,
+        jitter=jitter, seed=seed),
+    init=st.floats(0, 50, allow_nan=False),
+    factor=st.floats(1, 10, allow_nan=False),
+    cap=st.floats(0, 100, allow_nan=False),
+    jitter=st.sampled_from(["none", "full", "equal", "decorrelated"]),
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 60),
+)
+
+
+@given(configs)
+@settings(max_examples=300, deadline=None)
+def test_every_delay_within_bounds(config):
+    """Whatever the knobs, every delay lies in [0, max_delay]."""
+    for d in backoff_schedule(config):
+        assert 0.0 <= d <= config.max_delay
+
+
+@given(configs)
+@settings(max_examples=100, deadline=None)
+def test_same_seed_same_schedule(config):
+    """The same seed gives the same schedule, and the loop's Backoff draws exactly it."""
+    schedule = backoff_schedule(config)
+    assert schedule == backoff_schedule(config)
+    b = Backoff(config)
+    assert [next(b) for _ in schedule] == schedule
+
+
+@given(configs)
+@settings(max_examples=100, deadline=None)
+def test_schedule_length(config):
+    """One delay per retry: max_attempts - 1."""
+    assert len(backoff_schedule(config)) == config.max_attempts - 1
+
+
+def test_no_jitter_is_the_formula():
+    """Without jitter, d_n = min(max_delay, initial * factor**(n-1))."""
+    c = RetryConfig(max_attempts=7, initial_delay=0.5, backoff_factor=2, max_delay=10, jitter="none")
+    assert backoff_schedule(c) == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+
+
+def test_full_and_equal_jitter_ranges():
+    """Full jitter draws U(0, d); equal jitter draws d/2 + U(0, d/2)."""
+    full = RetryConfig(max_attempts=200, initial_delay=1, backoff_factor=1, max_delay=1, jitter="full", seed=3)
+    equal = full.replace(jitter="equal")
+    fs, es = backoff_schedule(full), backoff_schedule(equal)
+    assert min(fs) < 0.1 and max(fs) > 0.9  # spans the whole range
+    assert all(0.5 <= d <= 1.0 for d in es) and min(es) < 0.55
+
+
+def test_decorrelated_grows_from_previous():
+    """Decorrelated jitter stays within [initial, 3 * previous] and under the cap."""
+    c = RetryConfig(max_attempts=50, initial_delay=0.1, max_delay=5, jitter="decorrelated", seed=11)
+    prev = c.initial_delay
+    for d in backoff_schedule(c):
+        assert c.initial_delay <= d <= min(c.max_delay, 3 * prev) + 1e-12
+        prev = d
+
+
+def test_different_seeds_differ():
+    """Two seeds give two different jittered schedules."""
+    c = RetryConfig(max_attempts=6, initial_delay=1, max_delay=30, jitter="full", seed=1)
+    assert backoff_schedule(c) != backoff_schedule(c.replace(seed=2))
+
+
+def test_huge_attempt_numbers_do_not_overflow():
+    """2**10000 does not fit in a float; the cap applies instead of an OverflowError."""
+    c = RetryConfig(max_attempts=10_000, initial_delay=1, backoff_factor=2, max_delay=7, jitter="none")
+    assert base_delay(c, 10_000) == 7
+    assert backoff_schedule(c, retries=3) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("jitter", ["none", "full", "equal", "decorrelated"])
+def test_zero_delays(jitter):
+    """initial_delay = 0 means no waiting at all, for every jitter kind."""
+    c = RetryConfig(max_attempts=5, initial_delay=0, max_delay=0, jitter=jitter, seed=1)
+    assert backoff_schedule(c) == [0.0] * 4
