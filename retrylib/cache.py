@@ -1,31 +1,43 @@
-"""litellm's response cache, and the rule that a rejected answer is never served again.
+"""The response cache, and the rule that a rejected answer is never served again.
 
-``init_cache`` installs litellm's own cache (in memory, on disk, or in Redis); the litellm
-route then reads and writes it on every call. A cached answer is only as good as its last
-verdict, so when the retry loop rejects an answer, :func:`reject` does two things:
+``init_cache`` installs litellm's ``Cache`` (in memory, on disk, or in Redis) as
+``litellm.cache``. The litellm route then reads it before every call and writes it **only
+when the answer was accepted**: ``retry_with_validation`` tells the route its verdict
+(``ModelCall.accept`` / ``ModelCall.reject``), so an answer that failed validation is never
+stored, and one that was served from the cache and then failed is evicted. Response ids of
+rejected answers are also remembered, so a stale copy in a shared cache (another process's
+disk cache) is skipped as well.
 
-1. it deletes the cache entry for that request (so a later, identical request misses);
-2. it remembers the response's id, so that if the same answer is served from any cache
-   (another process's disk cache, a key computed differently), the route calls the model
-   again with the cache read switched off, which also overwrites the stale entry.
+Why not litellm's own automatic caching: it stores every answer in a background task
+*after* the call returns, so a rejected answer would land in the cache after we evicted
+it; and its cache-hit path imports litellm's proxy server modules (``orjson``,
+``soundfile``), which a client has no business installing. retrylib uses litellm's cache
+objects and key function, and calls litellm with ``caching=False``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
+from litellm.caching.base_cache import BaseCache  # noqa: E402
 from litellm.caching.caching import Cache  # noqa: E402
 
 from retrylib.errors import ConfigError  # noqa: E402
 
-_KINDS = {"memory": "local", "disk": "disk", "redis": "redis"}
+KINDS = ("memory", "disk", "redis")
 _REJECTED_MAX = 10_000
+# Keys that steer retrylib or litellm but do not change the answer: not part of the key.
+_NOT_KEYED = {"timeout", "num_retries", "max_retries", "caching", "cache", "api_key",
+              "extra_headers", "metadata"}
 
 
 class _RejectedIds:
@@ -51,28 +63,73 @@ class _RejectedIds:
 REJECTED = _RejectedIds()
 
 
+class DiskCache(BaseCache):
+    """A persistent cache backend on ``diskcache`` (litellm 1.110 dropped its own)."""
+
+    def __init__(self, directory: str | Path):
+        super().__init__()
+        import diskcache
+
+        self.directory = Path(directory)
+        self.disk = diskcache.Cache(str(self.directory))
+
+    def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
+        self.disk.set(key, value, expire=kwargs.get("ttl"))
+
+    async def async_set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
+        self.set_cache(key, value, **kwargs)
+
+    async def async_set_cache_pipeline(self, cache_list: list[tuple[str, Any]], **kwargs: Any) -> None:
+        for key, value in cache_list:
+            self.set_cache(key, value, **kwargs)
+
+    def get_cache(self, key: str, **kwargs: Any) -> Any:
+        return self.disk.get(key)
+
+    async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
+        return self.get_cache(key)
+
+    def delete_cache(self, key: str) -> None:
+        self.disk.delete(key)
+
+    async def async_delete_cache(self, key: str) -> None:
+        self.delete_cache(key)
+
+    def flush_cache(self) -> None:
+        self.disk.clear()
+
+
 def init_cache(kind: str = "memory", **kwargs: Any) -> Cache:
-    """Install litellm's cache for every litellm-route call.
+    """Install the response cache for every litellm-route call.
 
     Args:
-        kind: ``memory``, ``disk`` (needs ``disk_cache_dir``, or uses litellm's default), or
+        kind: ``memory``, ``disk`` (``disk_cache_dir``, default ``.cache/retrylib``) or
             ``redis`` (``host``, ``port``, ``password``).
-        **kwargs: passed to ``litellm.caching.caching.Cache``.
+        **kwargs: passed to litellm's ``Cache`` (``ttl``, ...).
 
     Returns:
         The installed cache (also in ``litellm.cache``).
 
     Raises:
-        ConfigError: an unknown kind.
+        ConfigError: an unknown kind or bad arguments.
     """
-    if kind not in _KINDS:
-        raise ConfigError(f"unknown cache kind {kind!r}; use one of {sorted(_KINDS)}")
-    litellm.cache = Cache(type=_KINDS[kind], **kwargs)  # type: ignore[arg-type]
-    return litellm.cache
+    if kind not in KINDS:
+        raise ConfigError(f"unknown cache kind {kind!r}; use one of {sorted(KINDS)}")
+    try:
+        if kind == "disk":
+            directory = kwargs.pop("disk_cache_dir", None) or Path(".cache") / "retrylib"
+            cache = Cache(type="local", **kwargs)  # type: ignore[arg-type]
+            cache.cache = DiskCache(directory)
+        else:
+            cache = Cache(type="local" if kind == "memory" else "redis", **kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"init_cache({kind!r}): {exc}") from exc
+    litellm.cache = cache
+    return cache
 
 
 def disable_cache() -> None:
-    """Remove litellm's cache."""
+    """Remove the response cache."""
     litellm.cache = None
 
 
@@ -80,37 +137,69 @@ def cache_enabled() -> bool:
     return litellm.cache is not None
 
 
+def cache_key(request: dict[str, Any]) -> str | None:
+    """The cache key of a request (litellm's key function over the answer-shaping kwargs)."""
+    cache = litellm.cache
+    if cache is None:
+        return None
+    return cache.get_cache_key(**{k: v for k, v in request.items() if k not in _NOT_KEYED})
+
+
+def _wants_no_cache(request: dict[str, Any]) -> bool:
+    control = request.get("cache")
+    return isinstance(control, dict) and bool(control.get("no-cache"))
+
+
+async def lookup(request: dict[str, Any]) -> Any:
+    """A cached ``ModelResponse`` for ``request``, or ``None``; never a rejected one."""
+    key = cache_key(request)
+    if key is None or _wants_no_cache(request):
+        return None
+    stored = await litellm.cache.cache.async_get_cache(key)  # type: ignore[union-attr]
+    if not isinstance(stored, dict) or "response" not in stored:
+        return None
+    data = stored["response"]
+    data = json.loads(data) if isinstance(data, str) else data
+    if str(data.get("id")) in REJECTED:
+        return None
+    response = litellm.ModelResponse(**data)
+    response._hidden_params["cache_hit"] = True
+    response._hidden_params["cache_key"] = key
+    return response
+
+
+async def store(response: Any, request: dict[str, Any]) -> bool:
+    """Cache an accepted response (not one served from the cache already)."""
+    key = cache_key(request)
+    if key is None or getattr(response, "_hidden_params", {}).get("cache_hit"):
+        return False
+    if isinstance(request.get("cache"), dict) and request["cache"].get("no-store"):
+        return False
+    payload = {"timestamp": time.time(), "response": response.model_dump_json(exclude_unset=True)}
+    await litellm.cache.cache.async_set_cache(key, payload, ttl=litellm.cache.ttl)  # type: ignore[union-attr]
+    return True
+
+
 async def reject(response: Any, request: dict[str, Any]) -> bool:
     """Make sure ``response`` is never served from the cache again.
 
-    Args:
-        response: the rejected response.
-        request: the kwargs of the ``litellm.acompletion`` call that produced it.
-
     Returns:
-        Whether a cache entry was deleted.
+        Whether a cache entry existed for the request and was deleted.
     """
     rid = getattr(response, "id", None)
     if rid:
         REJECTED.add(str(rid))
-    cache = litellm.cache
-    if cache is None:
+    key = cache_key(request)
+    if key is None:
         return False
-    hidden = getattr(response, "_hidden_params", None) or {}
-    keys = {cache.get_cache_key(**request)}
-    if hidden.get("cache_key"):
-        keys.add(hidden["cache_key"])
-    backend = cache.cache
-    deleted = False
-    for key in keys:
-        delete = getattr(backend, "async_delete_cache", None) or getattr(backend, "delete_cache", None)
-        if delete is None:
-            continue
-        out = delete(key)
-        if hasattr(out, "__await__"):
-            await out
-        deleted = True
-    return deleted
+    backend = litellm.cache.cache  # type: ignore[union-attr]
+    existed = await backend.async_get_cache(key) is not None
+    delete = getattr(backend, "async_delete_cache", None)
+    if delete is not None:
+        await delete(key)
+    else:
+        backend.delete_cache(key)
+    return existed
 
 
 def was_rejected(response: Any) -> bool:

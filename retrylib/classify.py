@@ -38,6 +38,9 @@ _NOT_RETRYABLE_NAMES = {
     "NotFoundError": "not found",
     "UnprocessableEntityError": "unprocessable entity",
     "BudgetExceededError": "budget exceeded",
+    "ModelNotMappedError": "model not mapped (a configuration error)",
+    "ModifyResponseException": "response blocked by a guardrail",
+    "SensitiveDataRouteException": "request blocked: sensitive data",
     "InvalidRequestError": "invalid request",
 }
 _RETRYABLE_NAMES = {
@@ -50,6 +53,7 @@ _RETRYABLE_NAMES = {
     "BadGatewayError": "bad gateway",
     "MidStreamFallbackError": "stream broke mid-response",
     "MalformedResponseError": "malformed response body",
+    "OpenAIError": "provider error",  # the openai SDK's base class; its subclasses are above
 }
 _CONNECTION_CAUSES: tuple[type[BaseException], ...] = (
     ConnectionError,  # refused, reset, aborted, broken pipe
@@ -196,9 +200,13 @@ def _verdict(exc: BaseException, status: int | None) -> tuple[bool, str]:
     for name in names:  # context window / content policy beat their 400 status
         if name in ("ContextWindowExceededError", "ContentPolicyViolationError"):
             return False, _NOT_RETRYABLE_NAMES[name]
-    for link in _chain(exc):  # the real cause: a refused connection hides behind a 500
-        if isinstance(link, _CONNECTION_CAUSES):
-            return True, _connection_reason(link)
+    # The real cause: a refused connection hides behind a 500. The deepest link is the most
+    # specific (ConnectionRefusedError beneath httpx.ConnectError beneath litellm's error).
+    causes = [link for link in _chain(exc) if isinstance(link, _CONNECTION_CAUSES)]
+    if causes:
+        reasons = [_connection_reason(link) for link in causes]
+        specific = [r for r in reasons if r != "connection error"]
+        return True, (specific[-1] if specific else reasons[-1])
     if status is not None:
         return _status_verdict(status)
     for name in names:

@@ -12,7 +12,10 @@ retrylib retries, so the requests a server receives equal the calls retrylib mad
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlparse
 
@@ -46,6 +49,7 @@ async def acompletion(
     api_base: str | None = None,
     api_key: str | None = None,
     timeout: float | None = None,
+    store: bool = True,
     **kwargs: Any,
 ) -> Any:
     """Send one chat completion request through the route the model string names.
@@ -56,6 +60,8 @@ async def acompletion(
         api_base: the server's OpenAI base URL (``http://host:port/v1``).
         api_key: the key; for a loopback ``api_base`` a placeholder is used when omitted.
         timeout: seconds for the whole request.
+        store: cache the answer at once (when a cache is installed). ``ModelCall`` passes
+            ``False`` and stores only answers the retry loop accepted.
         **kwargs: any other request parameter (``temperature``, ``response_format``,
             ``extra_headers``, ``mcp_config``, ...), passed through unchanged.
 
@@ -73,16 +79,31 @@ async def acompletion(
         api_key = _LOCAL_KEY
     if is_proxy_model(model):
         return await _proxy(messages, model[len(PROXY_PREFIX):], api_base, api_key, timeout, kwargs)
-    for k in ("num_retries", "max_retries"):
-        kwargs.pop(k, None)
-    request = dict(model=model, messages=messages, api_base=api_base, api_key=api_key,
-                   timeout=timeout or _DEFAULT_TIMEOUT, num_retries=0, max_retries=0, **kwargs)
-    response = await litellm.acompletion(**request)
-    if cache.cache_enabled() and cache.was_rejected(response):
-        # An answer that failed validation came back from a cache: ask the model afresh.
-        # The fresh answer is written over the stale entry.
-        response = await litellm.acompletion(**{**request, "cache": {"no-cache": True}})
+    request = litellm_request(messages, model=model, api_base=api_base, api_key=api_key,
+                              timeout=timeout, **kwargs)
+    response = await _litellm_call(request)
+    if store and cache.cache_enabled():
+        await cache.store(response, request)
     return response
+
+
+def litellm_request(messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """The exact keyword arguments the litellm route sends (provider retries off)."""
+    for k in ("num_retries", "max_retries", "caching"):
+        kwargs.pop(k, None)
+    kwargs["timeout"] = kwargs.get("timeout") or _DEFAULT_TIMEOUT
+    return {"messages": messages, **kwargs, "num_retries": 0, "max_retries": 0}
+
+
+async def _litellm_call(request: dict[str, Any]) -> Any:
+    """Serve from retrylib's cache rules, else call litellm with its own caching off."""
+    if cache.cache_enabled():
+        hit = await cache.lookup(request)
+        if hit is not None:
+            return hit
+    # litellm's own cache stays out of it, for reads and for its background writes.
+    control = {**(request.get("cache") or {}), "no-cache": True, "no-store": True}
+    return await litellm.acompletion(**{**request, "caching": False, "cache": control})
 
 
 async def _proxy(messages: list[dict[str, Any]], model: str, api_base: str | None,
@@ -96,14 +117,27 @@ async def _proxy(messages: list[dict[str, Any]], model: str, api_base: str | Non
     for k in ("num_retries", "max_retries", "caching", "cache", "metadata"):
         kwargs.pop(k, None)
     body = {"model": model, "messages": messages, **kwargs}
-    async with httpx.AsyncClient(timeout=timeout or _DEFAULT_TIMEOUT) as http:
-        resp = await http.post(base.rstrip("/") + "/chat/completions", json=body, headers=headers)
+    resp = await _http_client().post(base.rstrip("/") + "/chat/completions", json=body,
+                                     headers=headers, timeout=timeout or _DEFAULT_TIMEOUT)
     if resp.status_code >= 400:
         raise ProxyHTTPError(resp.status_code, dict(resp.headers), resp.text)
     try:
         return resp.json()
     except ValueError as exc:
         raise MalformedResponseError(resp.status_code, resp.text) from exc
+
+
+_HTTP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _http_client() -> httpx.AsyncClient:
+    """One pooled client per event loop: building one costs ~60 ms (its SSL context), and a
+    client must not be shared across loops."""
+    loop = asyncio.get_running_loop()
+    client = _HTTP.get(loop)
+    if client is None or client.is_closed:
+        client = _HTTP[loop] = httpx.AsyncClient(limits=httpx.Limits(max_connections=500))
+    return client
 
 
 class ModelCall:
@@ -119,27 +153,29 @@ class ModelCall:
             raise ConfigError("model must be a non-empty string")
         self.model = model
         self.defaults = defaults
-        self._last: dict[int, Any] = {}
-
-    def _request(self, kw: dict[str, Any]) -> dict[str, Any]:
-        return {"model": self.model, **self.defaults, **kw}
+        # Answers awaiting the loop's verdict, by the identity of the messages list sent
+        # (the loop builds a new list per attempt). Bounded: a caller that never gives a
+        # verdict must not leak.
+        self._pending: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
 
     async def __call__(self, messages: list[dict[str, Any]], **kw: Any) -> Any:
-        req = self._request(kw)
-        response = await acompletion(messages, **req)
-        # Kept (by the identity of the message list) until the verdict, for reject().
-        self._last[id(messages)] = response
-        if len(self._last) > 64:
-            self._last.pop(next(iter(self._last)))
+        req = {"model": self.model, **self.defaults, **kw}
+        response = await acompletion(messages, store=False, **req)
+        if not is_proxy_model(req["model"]) and cache.cache_enabled():
+            self._pending[id(messages)] = (response, litellm_request(messages, **req))
+            while len(self._pending) > 256:
+                self._pending.popitem(last=False)
         return response
 
+    async def accept(self, messages: list[dict[str, Any]], **kw: Any) -> bool:
+        """The loop accepted the answer to ``messages``: cache it."""
+        pending = self._pending.pop(id(messages), None)
+        return pending is not None and await cache.store(*pending)
+
     async def reject(self, messages: list[dict[str, Any]], **kw: Any) -> bool:
-        req = self._request(kw)
-        response = self._last.pop(id(messages), None)
-        if is_proxy_model(req["model"]) or response is None:
-            return False
-        api_key = req.get("api_key") or (_LOCAL_KEY if _is_loopback(req.get("api_base")) else None)
-        return await cache.reject(response, {**req, "messages": messages, "api_key": api_key})
+        """The loop rejected the answer to ``messages``: never serve it again."""
+        pending = self._pending.pop(id(messages), None)
+        return pending is not None and await cache.reject(*pending)
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in self.defaults.items() if k != "api_key"}

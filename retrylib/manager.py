@@ -26,7 +26,6 @@ import os
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
 from typing import Any
 
 import psutil
@@ -183,7 +182,7 @@ class _Loop:
                           retry_after=retry_after, tool_suggested=_stage_index(stage) >= _stage_index("tool")
                           and bool(c.debug_tool_name) and bool(self.history),
                           mcp_config_sent=facts["mcp"], constrained=facts["constrained"],
-                          model=kw.get("model"), messages_sent=len(msgs), timestamp=time.time())
+                          model=kw.get("model") or getattr(self.call, "model", None), messages_sent=len(msgs), timestamp=time.time())
             start = time.monotonic() - self.t0
             try:
                 response = await self._invoke(msgs, kw, left)
@@ -226,13 +225,14 @@ class _Loop:
                           note=facts["note"], model=common["model"] or extract_model(response))
             if result.valid:
                 self.record(outcome="ok", **common)
+                await self._verdict_to_route("accept", msgs, kw)
                 return RetryResult(content=text or "", response=response, parsed=result.parsed,
                                    attempts=list(self.attempts), metrics={})
             self.failures += 1
             retry_after, last_kind = None, "validation"
             self.last_errors = list(result.errors)
             self.record(outcome="validation_failed", validation_errors=tuple(result.errors), **common)
-            await self._reject_cached(msgs, kw)
+            await self._verdict_to_route("reject", msgs, kw)
             m = c.max_attempts_before_human
             if m is not None and self.failures >= m:
                 self.stage_reached = "human"
@@ -281,14 +281,20 @@ class _Loop:
         finally:
             self.subresults.extend(ctx.subresults)
 
-    async def _reject_cached(self, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
-        """Make sure a rejected answer is never served from the cache again."""
-        reject = getattr(self.call, "reject", None)
-        if reject is not None:
-            with suppress(Exception):  # a cache that can't evict must not end the call
-                out = reject(messages=msgs, **kw)
+    async def _verdict_to_route(self, verdict: str, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
+        """Tell the route (``call.accept`` / ``call.reject``) what became of its answer.
+
+        The route caches only accepted answers and evicts rejected ones, so a rejected
+        answer is never served from a cache again.
+        """
+        hook = getattr(self.call, verdict, None)
+        if hook is not None:
+            try:
+                out = hook(messages=msgs, **kw)
                 if inspect.isawaitable(out):
                     await out
+            except Exception as exc:  # a cache that fails must not end the call
+                logger.warning("cache {} failed: {}: {}", verdict, type(exc).__name__, exc)
 
 
 async def retry_with_validation(
@@ -307,8 +313,8 @@ async def retry_with_validation(
         call: ``async call(messages=..., **kw)`` (or a plain function) returning an OpenAI
             or Anthropic dict, a litellm ``ModelResponse`` or a ``str``. For the fallback
             stage it must accept ``model=`` (and ``api_base=``) overrides, as
-            :func:`retrylib.client.make_call` does. If it has a ``reject(messages=..., **kw)``
-            method, that is called for every rejected answer (cache eviction).
+            :func:`retrylib.client.make_call` does. If it has ``accept``/``reject(messages=..., **kw)``
+            methods, they hear each verdict (the route caches only accepted answers).
         messages: the conversation; never mutated.
         validators: every one must pass; none means any extractable text is accepted.
         config: the retry configuration (defaults to ``RetryConfig()``).

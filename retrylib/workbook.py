@@ -67,12 +67,12 @@ class CommonParams(BaseModel):
     """The ``common:`` section: what every notebook gets, and how the runner executes them."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str = Field("openai/smollm2", min_length=1)
+    model: str = Field(default="openai/smollm2", min_length=1)
     local_model: Literal["smollm2", "gemma3"] | None = "smollm2"
-    api_base: str | None = Field(None, pattern=r"^https?://")
-    seed: int = Field(7, ge=0)
+    api_base: str | None = Field(default=None, pattern=r"^https?://")
+    seed: int = Field(default=7, ge=0)
     quick: bool = False
-    cell_timeout: float = Field(1800.0, gt=0)
+    cell_timeout: float = Field(default=1800.0, gt=0)
     kernel_name: str | None = None
 
 
@@ -80,7 +80,7 @@ class WorkbookParams(BaseModel):
     """A params file: ``common:`` plus ``notebooks: {<stem>: {name: value}}``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    common: CommonParams = Field(default_factory=CommonParams)
+    common: CommonParams = Field(default_factory=lambda: CommonParams())
     notebooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -234,7 +234,7 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
     try:
         api_base = common.api_base
         present = [s for s in specs if (nb_dir / f"{s.stem}.ipynb").is_file()]
-        if api_base is None and provider == "openai" and present:
+        if api_base is None and provider == "openai" and present and common.local_model:
             server = LocalModelServer(common.local_model, alias=name or None, n_ctx=4096).start()
             api_base = server.api_base
             record["server"] = {"model": common.local_model, "alias": server.model,
@@ -252,8 +252,8 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
                 entry = _entry(spec, "missing", error={"ename": "FileNotFoundError", "cell": None,
                                                        "evalue": f"{path} does not exist"})
             else:
-                extra = {"runs_dir": str(runs)} if "runs_dir" in declared[spec.stem] else {}
-                nb_params = {**injected, **extra, **cfg.notebooks.get(spec.stem, {})}
+                runs_param = {"runs_dir": str(runs)} if "runs_dir" in declared[spec.stem] else {}
+                nb_params = {**injected, **runs_param, **cfg.notebooks.get(spec.stem, {})}
                 entry = _run_one(spec, path, runs, out, nb_params, kernel, timeout, record)
             record["notebooks"].append(entry)
             _write_record(out, record)

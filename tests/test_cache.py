@@ -156,16 +156,21 @@ async def test_rejected_answer_is_never_served_again(chaos):
 
 
 async def test_reject_evicts_the_cache_entry(chaos):
-    """ModelCall.reject deletes the stored entry of the request that produced the answer."""
+    """ModelCall stores an answer only once accepted, and reject evicts a served one."""
     init_cache("memory")
     chaos.set_plan(["reply:bad"])
     call = make_call("openai/smollm2", api_base=chaos.url, max_tokens=8, temperature=0)
     resp = await call(messages=MESSAGES)
     await settle()
-    assert memory_cache_ids().get(resp.id) == "bad"  # it was stored
-    assert await call.reject(messages=MESSAGES) is True
+    assert resp.id not in memory_cache_ids()  # no verdict yet: nothing stored
+    assert await call.accept(messages=MESSAGES) is True
+    assert memory_cache_ids().get(resp.id) == "bad"  # accepted: stored
+    hit = await call(messages=MESSAGES)
+    assert is_cache_hit(hit) and extract_text(hit) == "bad"
+    assert await call.reject(messages=MESSAGES) is True  # the served answer is now rejected
     await settle()
     assert resp.id not in memory_cache_ids()  # and it is gone
+    assert len(chaos.journal()) == 1
 
 
 async def test_loop_rejection_leaves_no_stale_entry(chaos):

@@ -290,23 +290,24 @@ async def test_transport_faults_recover(chaos_free):
     assert len(chaos_free.journal()) == 4
 
 
-async def test_real_model_fails_then_passes_after_feedback(local_model):
-    """SmolLM2 fails the schema at least once, then an answer passes after feedback."""
-    call = make_call(local_model.litellm_model, api_base=local_model.api_base, max_tokens=80,
-                     temperature=0.8)
+async def test_real_model_fails_then_passes_after_feedback(chaos, local_model):
+    """SmolLM2 fails the schema, then passes on the re-ask that carries the feedback.
+
+    Plain feedback rarely repairs a 135M model (measured: 1 run in 10), so the re-ask also
+    switches on the constrained stage; the feedback it carries is checked on the wire.
+    """
+    chaos.set_plan(["pass", "pass"])
+    call = make_call(f"openai/{local_model.model}", api_base=chaos.url, max_tokens=60)
     messages = [{"role": "user", "content": "Write one sentence about a cat named Tom who is 4."}]
-    cfg = fast(max_attempts=8, original_user_prompt=messages[0]["content"])
-    seen = []
-    for seed in range(6):  # the model is stochastic; a few tries make the test deterministic
-        result = await retry_with_validation(call, messages, [V.PydanticSchema(Person)], cfg, seed=seed)
-        seen.append([a.outcome for a in result.attempts])
-        if len(result.attempts) > 1:
-            break
-    assert result.attempts[0].outcome == "validation_failed", seen
-    assert result.attempts[-1].outcome == "ok"
+    cfg = fast(max_attempts=2, max_attempts_before_constrained=1,
+               original_user_prompt=messages[0]["content"])
+    result = await retry_with_validation(call, messages, [V.PydanticSchema(Person)], cfg)
+    assert [a.outcome for a in result.attempts] == ["validation_failed", "ok"]
     assert isinstance(result.parsed, Person)
-    assert any("Your previous answer did not pass validation" in m["content"]
-               for m in [] + [{"content": ""}]) or len(result.attempts) >= 2
+    second = chaos.journal()[1]["body"]["messages"]
+    assert second[-2] == {"role": "assistant", "content": result.attempts[0].text}
+    assert "did not pass validation" in second[-1]["content"]
+    assert messages[0]["content"] in second[-1]["content"]
 
 
 async def test_constrained_stage_on_the_wire(chaos, local_model):
