@@ -18,7 +18,6 @@ is used for the full run; the pilot table is kept in the results.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ from benchmarks.extraction.strategies import (
     instructor_reask,
 )
 from retrylib.local import LocalModelServer
+from retrylib.manager import run_sync  # asyncio.run, or a thread inside Jupyter's loop
 
 # How each embedded model is served (see the module docstring for gemma's chat format).
 SERVE_ARGS: dict[str, tuple[str, ...]] = {"smollm2": (), "gemma3": ("--chat_format", "gemma")}
@@ -257,7 +257,7 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
     try:
         with Servers(names, reuse) as servers:
             if "instructor" in strategies and budget.instructor_mode == "auto":
-                mode, pilot = asyncio.run(pick_instructor_mode(
+                mode, pilot = run_sync(pick_instructor_mode(
                     cases[:pilot_cases], servers.target(models[0]), budget))
                 budget = replace(budget, instructor_mode=mode)
                 meta["instructor_mode_chosen_by_pilot"] = mode
@@ -265,7 +265,7 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
                     log(f"instructor pilot: {pilot} -> {mode}")
             for name in models:
                 n = (cases_per_model or {}).get(name)
-                records += asyncio.run(run_cases(cases[:n] if n else cases, strategies,
+                records += run_sync(run_cases(cases[:n] if n else cases, strategies,
                                                  servers.target(name, fallback), budget, servers, keep))
     finally:
         if sink:
