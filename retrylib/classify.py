@@ -80,6 +80,7 @@ class Classification:
     retry_after: float | None = None
     status_code: int | None = None
     error_type: str = ""
+    headers: dict[str, str] | None = None
 
 
 def response_headers(exc: BaseException) -> dict[str, str]:
@@ -192,7 +193,7 @@ def classify(failure: BaseException | int) -> Classification:
     if override in ("true", "false"):
         retryable = override == "true"
         reason = f"{reason} (x-should-retry: {override})"
-    return Classification(retryable, reason, retry_after, status, etype)
+    return Classification(retryable, reason, retry_after, status, etype, headers)
 
 
 def _verdict(exc: BaseException, status: int | None) -> tuple[bool, str]:
@@ -224,7 +225,7 @@ def error_facts(exc: BaseException, c: Classification | None = None) -> dict[str
         "type": type(exc).__name__,
         "status_code": c.status_code,
         "message": str(exc)[:2000],
-        "headers": response_headers(exc),
+        "headers": c.headers if c.headers is not None else response_headers(exc),
         "retryable": c.retryable,
         "reason": c.reason,
     }

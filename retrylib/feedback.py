@@ -13,7 +13,6 @@ growth of long retry chains.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +69,9 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The messages of the next attempt: the original ones, then the replayed failures.
 
-    The caller's messages are deep-copied, never mutated.
+    Each message dict is a new (shallow) copy, so a route that edits what it sends cannot
+    reach ``base``; ``retry_with_validation`` deep-copies the caller's messages once, up
+    front, so nothing of the caller's is ever shared or mutated.
 
     Args:
         base: the caller's messages.
@@ -80,7 +81,7 @@ def build_messages(
     Returns:
         A new list of new dicts.
     """
-    out = copy.deepcopy(list(base))
+    out = [dict(m) for m in base]
     replay = history if policy == "full" else history[-1:]
     for ex in replay:
         # llama.cpp's server answers 500 to an assistant message whose content is None.

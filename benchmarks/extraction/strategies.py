@@ -130,8 +130,8 @@ async def instructor_reask(case: Case, target: Target, budget: Budget, mode: str
     tout = sum(int(getattr(u, "completion_tokens", 0) or 0) for u in usage if u is not None)
     text = _instructor_text(seen[-1]) if seen else None
     attempts = max(len(seen), 1 if (error or errors) else 0)
-    return make_record(case, f"instructor_{mode}" if mode != budget.instructor_mode else "instructor",
-                   target, parsed, t0, attempts, tin, tout, text, error=error)
+    name = f"instructor_{mode}" if mode != budget.instructor_mode else "instructor"
+    return make_record(case, name, target, parsed, t0, attempts, tin, tout, text, error=error)
 
 
 def _instructor_mode(mode: str) -> Any:
