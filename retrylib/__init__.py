@@ -22,14 +22,14 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from retrylib import validators  # noqa: E402
-from retrylib.backoff import Backoff, backoff_schedule  # noqa: E402
-from retrylib.cache import disable_cache, init_cache  # noqa: E402
-from retrylib.classify import Classification, classify, parse_retry_after  # noqa: E402
-from retrylib.client import acompletion, make_call  # noqa: E402
-from retrylib.config import FallbackModel, RetryConfig  # noqa: E402
-from retrylib.declarative import llm_call, llm_call_sync, load_llm_config  # noqa: E402
-from retrylib.errors import (  # noqa: E402
+from retrylib import validators
+from retrylib.backoff import Backoff, backoff_schedule
+from retrylib.cache import disable_cache, init_cache
+from retrylib.classify import Classification, classify, parse_retry_after
+from retrylib.client import acompletion, make_call
+from retrylib.config import FallbackModel, RetryConfig
+from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
+from retrylib.errors import (
     ConfigError,
     ExtractionError,
     HumanReviewNeededError,
@@ -41,9 +41,9 @@ from retrylib.errors import (  # noqa: E402
     RetrylibError,
     ServerStartError,
 )
-from retrylib.extract import extract_text  # noqa: E402
-from retrylib.manager import retry_with_validation, retry_with_validation_sync  # noqa: E402
-from retrylib.result import Attempt, RetryResult  # noqa: E402
+from retrylib.extract import extract_text
+from retrylib.manager import retry_with_validation, retry_with_validation_sync
+from retrylib.result import Attempt, RetryResult
 
 __version__ = "0.1.0"
 

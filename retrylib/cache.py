@@ -27,11 +27,11 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
-from litellm.caching.base_cache import BaseCache  # noqa: E402
-from litellm.caching.caching import Cache  # noqa: E402
+import litellm
+from litellm.caching.base_cache import BaseCache
+from litellm.caching.caching import Cache
 
-from retrylib.errors import ConfigError  # noqa: E402
+from retrylib.errors import ConfigError
 
 KINDS = ("memory", "disk", "redis")
 _REJECTED_MAX = 10_000

@@ -118,9 +118,8 @@ class CheckRecorder:
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts that a report should record."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import os
+    from importlib.metadata import PackageNotFoundError, version
 
     pkgs = {}
     for name in ("retrylib", "litellm", "llama-cpp-python", "pydantic", "papermill", "nbconvert",

@@ -21,11 +21,11 @@ from urllib.parse import urlparse
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import httpx  # noqa: E402
-import litellm  # noqa: E402
+import httpx
+import litellm
 
-from retrylib import cache  # noqa: E402
-from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError  # noqa: E402
+from retrylib import cache
+from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError
 
 PROXY_PREFIX = "proxy/"
 PROXY_URL_ENV = "RETRYLIB_PROXY_URL"

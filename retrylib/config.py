@@ -26,6 +26,7 @@ that is a ``ConfigError``. ``RetryConfig.ladder()`` returns the order explicitly
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -150,7 +151,7 @@ class RetryConfig(BaseModel):
                 f"initial_delay ({self.initial_delay}) must not exceed max_delay ({self.max_delay})"
             )
         ladder = [(s, t) for s, t in self._thresholds() if t is not None]
-        for (s1, t1), (s2, t2) in zip(ladder, ladder[1:], strict=False):
+        for (s1, t1), (s2, t2) in itertools.pairwise(ladder):
             # Only tool == human is allowed (the original design's semantics).
             if t1 > t2 or (t1 == t2 and (s1, s2) != ("tool", "human")):
                 raise ValueError(

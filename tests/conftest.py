@@ -10,11 +10,11 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
+import psutil
+import pytest
 
-from retrylib.chaos import ChaosProxy  # noqa: E402
-from retrylib.local import LocalModelServer  # noqa: E402
+from retrylib.chaos import ChaosProxy
+from retrylib.local import LocalModelServer
 
 
 @pytest.fixture(scope="session")

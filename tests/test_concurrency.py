@@ -81,5 +81,5 @@ def test_loop_never_exceeds_max_attempts(script, max_attempts):
     out = asyncio.run(run())
     assert 1 <= len(calls) <= max_attempts
     assert len(out.attempts) == len(calls)
-    expected_ok = "good" in (script + ["good"])[:max_attempts]
+    expected_ok = "good" in ([*script, "good"])[:max_attempts]
     assert (not isinstance(out, RetryError)) == expected_ok

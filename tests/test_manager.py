@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import pickle
 import time
 
@@ -38,10 +39,6 @@ class Person(BaseModel):
     age: int
 
 
-def scripted(proxy, *replies: str, key: str = "") -> None:
-    proxy.set_plan([r if ":" in r and not r.startswith("{") else r for r in replies], key=key)
-
-
 def fast(**kw) -> RetryConfig:
     return RetryConfig(**{"initial_delay": 0.0, "max_delay": 0.0, **kw})
 
@@ -64,7 +61,7 @@ async def test_503_503_pass_follows_seeded_schedule(chaos, local_model):
     for attempt, planned in zip(result.attempts[1:], schedule, strict=False):
         assert attempt.scheduled_delay == planned
         assert planned <= attempt.slept <= planned + 0.05 + 0.1 * planned
-    gaps = [b["monotonic"] - a["monotonic"] for a, b in zip(journal, journal[1:], strict=False)]
+    gaps = [b["monotonic"] - a["monotonic"] for a, b in itertools.pairwise(journal)]
     assert all(g >= s for g, s in zip(gaps, schedule, strict=False))
     assert result.metrics["api_calls"] == 3 and result.metrics["transport_errors"] == 2
 
