@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not an in
 from benchmarks import overhead  # noqa: E402
 from benchmarks.extraction.cases import CASES, messages_for, score  # noqa: E402
 from benchmarks.extraction.grounding import Grounded  # noqa: E402
-from benchmarks.extraction.run import done_when, run_cases, summarize  # noqa: E402
-from benchmarks.extraction.strategies import Budget, Target, instructor_reask  # noqa: E402
+from benchmarks.extraction.run import done_when, load_partial, run_cases, summarize  # noqa: E402
+from benchmarks.extraction.strategies import Budget, Record, Target, instructor_reask  # noqa: E402
 from retrylib.validators import PydanticSchema  # noqa: E402
 from retrylib.validators.base import ValidationContext  # noqa: E402
 
@@ -95,6 +95,16 @@ def test_done_when_can_fail():
     d = done_when(summary, "m", "ladder")
     assert d["best_other_valid"] == "constrained" and not d["valid_ok"]
     assert d["correct_ok"] and d["tokens_ok"] and d["token_ratio"] == pytest.approx(1.4)
+
+
+def test_a_stopped_run_can_be_resumed_from_its_partial_file(tmp_path):
+    """The partial JSON-lines file gives back its records and the instructor pilot, as saved."""
+    rec = Record("person-1", "constrained", "smollm2", True, True, 1.0, 1, 77, 23, 0.5)
+    path = tmp_path / "x.partial.jsonl"
+    path.write_text(json.dumps({"instructor_pilot": [{"mode": "tools", "chosen": "tools"}]}) + "\n"
+                    + json.dumps(rec.to_dict()) + "\n")
+    records, pilot = load_partial(path)
+    assert records == [rec] and pilot[0]["chosen"] == "tools"
 
 
 def test_overhead_script_runs_and_prints_its_table(local_model, tmp_path, capsys):

@@ -96,18 +96,24 @@ class Servers:
 
 async def run_cases(cases: Sequence[Case], strategies: Sequence[str], target: Target, budget: Budget,
                     servers: Servers | None = None,
-                    on_record: Callable[[Record], None] | None = None) -> list[Record]:
+                    on_record: Callable[[Record], None] | None = None,
+                    skip: frozenset[tuple[str, str, str]] = frozenset()) -> list[Record]:
     """Every strategy on every case, one call at a time (the servers serve one request at once).
 
     Strategies are interleaved case by case, so a slow spell on a shared machine lands on
     all of them alike. A server that crashed is restarted and the record keeps the error.
 
+    Args:
+        skip: ``(model, strategy, case)`` triples already measured (a resumed run).
+
     Returns:
-        One :class:`Record` per (case, strategy).
+        One :class:`Record` per (case, strategy) not skipped.
     """
     out = []
     for case in cases:
         for name in strategies:
+            if (target.name, name, case.id) in skip:
+                continue
             try:
                 rec = await STRATEGIES[name](case, target, budget)
             except Exception as exc:  # a crash in a strategy is a failed case, not a lost run
@@ -194,6 +200,20 @@ def done_when(summary: pd.DataFrame, model: str = "smollm2", ladder: str = "ladd
     }
 
 
+def load_partial(path: str | Path) -> tuple[list[Record], list[dict]]:
+    """The records and the instructor pilot saved in a partial JSON-lines file (if any)."""
+    records: list[Record] = []
+    pilot: list[dict] = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            d = json.loads(line)
+            if "instructor_pilot" in d:
+                pilot = d["instructor_pilot"]
+            else:
+                records.append(Record(**d))
+    return records, pilot
+
+
 def versions() -> dict[str, str | None]:
     """Versions of everything whose behaviour the numbers depend on."""
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
@@ -211,7 +231,7 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
         fallback: str | None = None, budget: Budget | None = None,
         reuse: dict[str, str] | None = None, pilot_cases: int = 4,
         log: Callable[[str], None] | None = print, partial_path: str | Path | None = None,
-        ) -> dict[str, Any]:
+        resume: bool = False) -> dict[str, Any]:
     """The whole benchmark: start servers, pick instructor's mode, run, tabulate.
 
     Args:
@@ -224,7 +244,10 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
         reuse: ``{name: api_base}`` of servers already running.
         pilot_cases: cases in instructor's mode pilot.
         log: where progress lines go (``None``: silent).
-        partial_path: a JSON-lines file that gets every record as it is made.
+        partial_path: a JSON-lines file that gets every record as it is made (and the
+            instructor pilot).
+        resume: continue the run saved in ``partial_path`` (same arguments): its records
+            and pilot are kept, and only what is missing is measured.
 
     Returns:
         ``{"meta", "records", "summary", "instructor_pilot", "done_when"}``.
@@ -240,9 +263,13 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
         "budget": budget.__dict__.copy(), "versions": versions(), "platform": platform.platform(),
         "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "serve_args": SERVE_ARGS,
     }
-    records: list[Record] = []
-    pilot: list[dict] = []
-    sink = open(partial_path, "w") if partial_path else None
+    records, pilot = load_partial(partial_path) if resume and partial_path else ([], [])
+    if pilot:
+        budget = replace(budget, instructor_mode=pilot[-1]["chosen"])
+        meta["instructor_mode_chosen_by_pilot"] = budget.instructor_mode
+    meta["resumed_with_records"] = len(records) if resume else None
+    done = frozenset((r.model, r.strategy, r.case) for r in records)
+    sink = open(partial_path, "a" if resume else "w") if partial_path else None
 
     def keep(rec: Record) -> None:
         if log:
@@ -256,17 +283,21 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
     t0 = time.monotonic()
     try:
         with Servers(names, reuse) as servers:
-            if "instructor" in strategies and budget.instructor_mode == "auto":
+            if "instructor" in strategies and budget.instructor_mode == "auto" and not pilot:
                 mode, pilot = run_sync(pick_instructor_mode(
                     cases[:pilot_cases], servers.target(models[0]), budget))
                 budget = replace(budget, instructor_mode=mode)
                 meta["instructor_mode_chosen_by_pilot"] = mode
+                pilot = [{**row, "chosen": mode} for row in pilot]
+                if sink:
+                    sink.write(json.dumps({"instructor_pilot": pilot}) + "\n")
                 if log:
                     log(f"instructor pilot: {pilot} -> {mode}")
             for name in models:
                 n = (cases_per_model or {}).get(name)
                 records += run_sync(run_cases(cases[:n] if n else cases, strategies,
-                                                 servers.target(name, fallback), budget, servers, keep))
+                                              servers.target(name, fallback), budget, servers, keep,
+                                              done))
     finally:
         if sink:
             sink.close()
@@ -308,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-base", action="append", default=[], help="reuse a server: name=URL")
     p.add_argument("--out", default="benchmarks/results/extraction.json")
     p.add_argument("--plots", action="store_true", help="also write the two plots next to --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in <out>.partial.jsonl")
     a = p.parse_args(argv)
     over: dict[str, Any] = {"seed": a.seed}
     if a.max_tokens:
@@ -326,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     res = run_benchmark(a.models.split(","), strategies, n_cases, per_model, a.fallback, budget, reuse,
                         a.pilot_cases, log=lambda s: print(s, flush=True),
-                        partial_path=out.with_suffix(".partial.jsonl"))
+                        partial_path=out.with_suffix(".partial.jsonl"), resume=a.resume)
     out.write_text(json.dumps(res, indent=2, default=str))
     print(pd.DataFrame(res["summary"]).round(1).to_string(index=False))
     for k, v in res["done_when"].items():
