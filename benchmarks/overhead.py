@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import copy
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -182,20 +183,32 @@ def component_costs(number: int = 20_000) -> dict[str, float]:
     exc = ConnectionError("connection reset by peer")
     cfg = RetryConfig(max_attempts=10, max_attempts_before_constrained=2)
     hist = [Exchange("bad", "Your previous answer did not pass validation.")] * 3
+    verdict = classify(exc)
+    fields = dict(number=1, start=0.0, end=0.1, outcome="transport_error", stage="normal",
+                  scheduled_delay=0.0, slept=0.0, retry_after=None, tool_suggested=False,
+                  mcp_config_sent=False, constrained=False, model=None, messages_sent=1,
+                  timestamp=1.0, error_type="ConnectionError", status_code=None,
+                  error_message="connection reset", retryable=True, note=None, rss_bytes=1)
+    unfrozen = dataclasses.make_dataclass(  # what a non-frozen Attempt would cost
+        "UnfrozenAttempt", [(f.name, Any, dataclasses.field(default=f.default))
+                            if f.default is not dataclasses.MISSING else (f.name, Any)
+                            for f in dataclasses.fields(Attempt)], slots=True)
     pieces = {
-        "psutil memory_info (Attempt.rss_bytes)": lambda: proc.memory_info().rss,
-        "alternative: resource.getrusage ru_maxrss": lambda: resource.getrusage(
+        "RSS via psutil Process.memory_info()": lambda: proc.memory_info().rss,
+        "RSS alternative: resource.getrusage ru_maxrss (peak)": lambda: resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss,
-        "copy.deepcopy(messages)": lambda: copy.deepcopy(MESSAGES),
+        "copy.deepcopy(messages) (2 messages)": lambda: copy.deepcopy(MESSAGES),
         "alternative: [dict(m) for m in messages]": lambda: [dict(m) for m in MESSAGES],
         "build_messages (2 msgs + 3 failures, full)": lambda: build_messages(MESSAGES, hist, "full"),
-        "classify + error_facts (ConnectionError)": lambda: error_facts(exc, classify(exc)),
-        "Attempt(...) construction": lambda: Attempt(number=1, start=0.0, end=0.0, outcome="ok"),
+        "classify(ConnectionError)": lambda: classify(exc),
+        "error_facts (verdict given)": lambda: error_facts(exc, verdict),
+        "Attempt(...) construction (frozen dataclass, 20 kwargs)": lambda: Attempt(**fields),
+        "alternative: the same fields, non-frozen slots dataclass": lambda: unfrozen(**fields),
         "RetryConfig.stage_for": lambda: cfg.stage_for(1),
         "time.time + 2x time.monotonic": lambda: (time.time(), time.monotonic(), time.monotonic()),
     }
     if statm is not None:  # an fd kept open: one pread per attempt instead of open/read/close
-        pieces["alternative: os.pread on a kept /proc/self/statm fd"] = lambda: os.pread(statm, 64, 0)
+        pieces["RSS via os.pread on a kept /proc/self/statm fd"] = lambda: os.pread(statm, 64, 0)
     try:
         return {name: min(timeit.repeat(fn, number=number, repeat=3)) / number * 1e6
                 for name, fn in pieces.items()}
@@ -223,16 +236,27 @@ def profile_retrylib(k: int, calls: int, mode: str = "transport", top: int = 18)
                    for fn, v in stats.stats.items()), reverse=True)  # type: ignore[attr-defined]
     own = [{"function": name, "own_s": tt, "cum_s": ct, "own_share": tt / total}
            for tt, ct, name in rows[:top]]
-    # Cumulative time of the pieces named in the report, as a share of the profiled total.
-    wanted = {"memory_info": "psutil memory_info", "deepcopy": "copy.deepcopy",
-              "classify": "classify", "error_facts": "error_facts", "record": "_Loop.record",
-              "request": "_Loop.request", "build_messages": "build_messages",
-              "_finish": "_finish (metrics)", "summarize": "summarize", "_validate": "_Loop._validate"}
+    # Cumulative time of the pieces named in the report, as a share of the profiled total;
+    # keyed by (file, function) so that a rename in retrylib shows up as a missing row.
+    wanted = {("manager.py", "run"): "_Loop.run (cumulative: the whole loop)",
+              ("manager.py", "record"): "_Loop.record (Attempt + RSS read)",
+              ("manager.py", "__call__"): "RSS read (manager._Rss)",
+              ("_pslinux.py", "memory_info"): "psutil memory_info",
+              ("copy.py", "deepcopy"): "copy.deepcopy", ("classify.py", "classify"): "classify",
+              ("classify.py", "error_facts"): "error_facts", ("manager.py", "request"): "_Loop.request",
+              ("feedback.py", "build_messages"): "build_messages",
+              ("feedback.py", "feedback_text"): "feedback_text",
+              ("manager.py", "_finish"): "_finish (metrics, once per call)",
+              ("result.py", "summarize"): "summarize (once per call)",
+              ("manager.py", "_validate"): "_Loop._validate", ("combine.py", "validate"): "AllOf.validate",
+              ("backoff.py", "__init__"): "Backoff() (seeds an RNG, once per call)"}
     cum: dict[str, float] = {}
     for fn, v in stats.stats.items():  # type: ignore[attr-defined]
-        if fn[2] in wanted:
-            label = wanted[fn[2]]
+        label = wanted.get((Path(fn[0]).name, fn[2]))
+        if label:
             cum[label] = max(cum.get(label, 0.0), v[3])
+        if (Path(fn[0]).name, fn[2]) == ("manager.py", "run"):
+            cum["_Loop.run own time (its body: dicts, clocks, branches)"] = v[2]
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
     return {"mode": mode, "profiled_seconds": total, "top_own_time": own,

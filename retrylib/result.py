@@ -87,7 +87,10 @@ class RetryResult:
         content: the validated text.
         response: the raw response it came in.
         parsed: the JSON object or pydantic instance, when a validator parsed one.
-        attempts: every attempt, in order; the last one is ``ok``.
+        attempts: every attempt, in order; the last one is ``ok`` unless ``warnings`` is set.
+        warnings: empty when every check passed. Otherwise the attempts ran out and the
+            answer returned is one that failed only ``Soft`` checks; these are its errors.
+        accepted_attempt: the number of the attempt whose answer this is.
         metrics: ``api_calls``, ``total_seconds``, ``sleep_seconds``, ``tokens_in``,
             ``tokens_out``, ``cost``, ``cache_hits``, ``stage_reached``,
             ``validation_failures``, ``transport_errors``, ``validator_api_calls``,
@@ -100,6 +103,8 @@ class RetryResult:
     parsed: Any = None
     attempts: list[Attempt] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    accepted_attempt: int | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per attempt."""
@@ -109,7 +114,8 @@ class RetryResult:
         text = self.content if len(self.content) <= 60 else self.content[:57] + "..."
         return (
             f"RetryResult(content={text!r}, attempts={len(self.attempts)}, "
-            f"stage_reached={self.metrics.get('stage_reached')!r})"
+            f"stage_reached={self.metrics.get('stage_reached')!r}"
+            + (f", warnings={len(self.warnings)})" if self.warnings else ")")
         )
 
 

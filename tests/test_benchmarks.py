@@ -18,13 +18,13 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not an in
 
 from benchmarks import overhead  # noqa: E402
 from benchmarks.extraction.cases import CASES, messages_for, score  # noqa: E402
-from benchmarks.extraction.grounding import Grounded  # noqa: E402
 from benchmarks.extraction.run import done_when, load_partial, run_cases, summarize  # noqa: E402
 from benchmarks.extraction.strategies import Budget, Record, Target, instructor_reask  # noqa: E402
-from retrylib.validators import PydanticSchema  # noqa: E402
+from retrylib.validators import Grounded, PydanticSchema  # noqa: E402
 from retrylib.validators.base import ValidationContext  # noqa: E402
 
-QUICK = Budget(max_tokens=96, reask_attempts=2, instructor_attempts=2, ladder_cf={"M": 2})
+QUICK = Budget(max_tokens=96, reask_attempts=2, instructor_attempts=2,
+               ladder={"K": 0, "M": 2, "escalation": "fresh", "grounded": "soft"})
 
 
 def _target(local_model) -> Target:
@@ -65,15 +65,15 @@ def test_every_strategy_sends_the_same_prompt():
 
 async def test_quick_extraction_run_gives_well_formed_records(local_model):
     """Two strategies on three cases against the embedded model: every number is computed."""
-    recs = await run_cases(CASES[:3], ["single_shot", "ladder_cf"], _target(local_model), QUICK)
+    recs = await run_cases(CASES[:3], ["single_shot", "ladder"], _target(local_model), QUICK)
     assert [(r.case, r.strategy) for r in recs] == [
-        (c.id, s) for c in CASES[:3] for s in ("single_shot", "ladder_cf")]
+        (c.id, s) for c in CASES[:3] for s in ("single_shot", "ladder")]
     for r in recs:
         assert r.attempts >= 1 and r.prompt_tokens > 0 and r.completion_tokens > 0
         assert 0.0 <= r.field_accuracy <= 1.0 and r.seconds > 0
         assert r.correct <= r.valid  # correct is only ever judged on a valid answer
     table = summarize(recs)
-    assert set(table.strategy) == {"single_shot", "ladder_cf"}
+    assert set(table.strategy) == {"single_shot", "ladder"}
     assert table.valid_pct.between(0, 100).all() and (table.tokens > 0).all()
     assert (table.cases == 3).all()
 

@@ -20,13 +20,16 @@ def _success_vs(summary: pd.DataFrame, x: str, xlabel: str, log_x: bool) -> Any:
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         rows = summary[summary["model"] == model]
-        for i, (_, r) in enumerate(rows.iterrows()):
+        seen: dict[tuple[float, float], int] = {}  # strategies at the same point: stack labels
+        for _, r in rows.iterrows():
+            at = (round(float(r[x]), 3), round(float(r["valid_pct"]), 1))
+            i = seen[at] = seen.get(at, -1) + 1
             ax.plot([r[x], r[x]], [r["correct_pct"], r["valid_pct"]], color="0.8", zorder=1)
             ax.scatter(r[x], r["valid_pct"], s=45, zorder=2)
             ax.scatter(r[x], r["correct_pct"], s=45, marker="s", facecolors="none",
                        edgecolors="k", zorder=2)
             ax.annotate(r["strategy"], (r[x], r["valid_pct"]), textcoords="offset points",
-                        xytext=(5, 4 - 9 * (i % 3)), fontsize=8)  # staggered: ties overlap
+                        xytext=(5, 4 - 9 * i), fontsize=8)
         if log_x and (rows[x] > 0).all() and rows[x].max() > 5 * rows[x].min():
             ax.set_xscale("log")
         ax.set_ylim(-5, 105)

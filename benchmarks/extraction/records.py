@@ -52,8 +52,10 @@ class Budget:
         resample_temperature: its temperature.
         instructor_attempts: total attempts of instructor (``max_retries`` = this - 1).
         instructor_mode: ``json``, ``md_json``, ``json_schema`` or ``tools``.
-        ladder: ``RetryConfig`` thresholds of the ``ladder`` strategy (K, F, M, history).
-        ladder_cf: the same for ``ladder_cf``.
+        ladder: the knobs of the ``ladder`` strategy: thresholds K, F, M, ``history``
+            (feedback_history), ``escalation`` (escalation_history), ``grounded``
+            (``"soft"``, ``"hard"`` or ``None``: the grounding check).
+        ladder_sketch: the same for ``ladder_sketch`` (and ``ladder_fresh``).
         timeout: seconds per call.
     """
 
@@ -64,9 +66,10 @@ class Budget:
     resample_temperature: float = 0.8
     instructor_attempts: int = 5
     instructor_mode: str = "json"
-    ladder: dict[str, Any] = field(default_factory=lambda: {"K": 1, "F": 2, "M": 4, "history": "last"})
-    # The schema goes out from attempt 1 (as the caller's response_format), so no K here.
-    ladder_cf: dict[str, Any] = field(default_factory=lambda: {"F": 1, "M": 3, "history": "last"})
+    ladder: dict[str, Any] = field(default_factory=lambda: {
+        "K": 0, "F": 1, "M": 2, "history": "last", "escalation": "fresh", "grounded": "soft"})
+    ladder_sketch: dict[str, Any] = field(default_factory=lambda: {
+        "K": 1, "F": 2, "M": 4, "history": "last", "escalation": "keep"})
     timeout: float = 300.0
 
 

@@ -5,10 +5,8 @@ CLI::
     python -m benchmarks.extraction.run [--quick] [--models smollm2,gemma3] \\
         [--fallback gemma3] [--out benchmarks/results/extraction.json]
 
-The embedded servers are started here (or reused: ``--api-base smollm2=http://...``).
-Gemma 3 270M is a *base* model and its GGUF carries no chat template, so llama-cpp-python
-would fall back to the Llama-2 format (``[INST] <<SYS>>``), which the model merely echoes;
-it is served with llama-cpp-python's ``gemma`` chat format instead.
+The embedded servers are started here (or reused: ``--api-base smollm2=http://...``);
+``LocalModelServer`` serves Gemma 3 270M with llama-cpp-python's ``gemma`` chat format.
 
 instructor's mode is chosen by measurement when ``instructor_mode="auto"``: every mode runs
 on the first ``pilot_cases`` cases and the best (valid, then correct, then fewest tokens)
@@ -46,9 +44,7 @@ from benchmarks.extraction.strategies import (
 from retrylib.local import LocalModelServer
 from retrylib.manager import run_sync  # asyncio.run, or a thread inside Jupyter's loop
 
-# How each embedded model is served (see the module docstring for gemma's chat format).
-SERVE_ARGS: dict[str, tuple[str, ...]] = {"smollm2": (), "gemma3": ("--chat_format", "gemma")}
-QUICK_STRATEGIES = ("single_shot", "constrained", "ladder_cf")
+QUICK_STRATEGIES = ("single_shot", "constrained", "ladder")
 
 
 class Servers:
@@ -59,7 +55,7 @@ class Servers:
         self.own: dict[str, LocalModelServer] = {}
         for name in dict.fromkeys(names):
             if name not in self.reuse:
-                self.own[name] = LocalModelServer(name, n_ctx=n_ctx, extra_args=SERVE_ARGS.get(name, ()))
+                self.own[name] = LocalModelServer(name, n_ctx=n_ctx)
 
     def __enter__(self) -> Servers:
         try:
@@ -149,8 +145,9 @@ async def pick_instructor_mode(cases: Sequence[Case], target: Target, budget: Bu
 
 
 def summarize(records: Sequence[Record | dict]) -> pd.DataFrame:
-    """One row per (model, strategy): valid %, correct %, field accuracy %, mean attempts,
-    prompt/completion/total tokens (sums over the cases), seconds (sum), human hand-offs."""
+    """One row per (model, strategy): valid %, correct %, field accuracy %, silently wrong %
+    (valid but not correct), mean attempts, prompt/completion/total tokens (sums over the
+    cases), seconds (sum), human hand-offs."""
     df = pd.DataFrame([r.to_dict() if isinstance(r, Record) else r for r in records])
     g = df.groupby(["model", "strategy"], sort=False)
     out = pd.DataFrame({
@@ -158,6 +155,9 @@ def summarize(records: Sequence[Record | dict]) -> pd.DataFrame:
         "valid_pct": g["valid"].mean() * 100,
         "correct_pct": g["correct"].mean() * 100,
         "field_acc_pct": g["field_accuracy"].mean() * 100,
+        # Valid but wrong: an answer the caller would accept and use, silently.
+        "silent_wrong_pct": g.apply(lambda d: (d["valid"] & ~d["correct"]).mean() * 100,
+                                    include_groups=False),
         "mean_attempts": g["attempts"].mean(),
         "prompt_tokens": g["prompt_tokens"].sum(),
         "completion_tokens": g["completion_tokens"].sum(),
@@ -261,7 +261,8 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
         "models": list(models), "fallback": fallback, "strategies": strategies,
         "cases": [c.id for c in cases], "cases_per_model": dict(cases_per_model or {}),
         "budget": budget.__dict__.copy(), "versions": versions(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "serve_args": SERVE_ARGS,
+        "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
+        "serve_args": {n: list(LocalModelServer(n).extra_args) for n in names},
     }
     records, pilot = load_partial(partial_path) if resume and partial_path else ([], [])
     if pilot:
@@ -319,8 +320,9 @@ def quick_budget(**over: Any) -> Budget:
     """A small budget for smoke runs: short replies, few attempts."""
     return replace(Budget(max_tokens=96, reask_attempts=2, resample_attempts=2,
                           instructor_attempts=2, instructor_mode="json",
-                          ladder={"K": 1, "M": 2, "history": "last"},
-                          ladder_cf={"M": 2, "history": "last"}), **over)
+                          ladder={"K": 0, "M": 2, "history": "last", "escalation": "fresh",
+                                  "grounded": "soft"},
+                          ladder_sketch={"K": 1, "M": 2, "history": "last"}), **over)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ from benchmarks.extraction.ladders import (
     feedback_full,
     feedback_last,
     ladder,
-    ladder_cf,
     ladder_fresh,
-    ladder_grounded,
+    ladder_schema,
+    ladder_sketch,
 )
 from benchmarks.extraction.records import (
     Budget,
@@ -164,7 +164,7 @@ STRATEGIES: dict[str, Strategy] = {
     "instructor": instructor,
     "constrained": constrained,
     "ladder": ladder,
+    "ladder_schema": ladder_schema,
+    "ladder_sketch": ladder_sketch,
     "ladder_fresh": ladder_fresh,
-    "ladder_cf": ladder_cf,
-    "ladder_grounded": ladder_grounded,
 }

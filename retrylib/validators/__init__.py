@@ -15,7 +15,8 @@ that returns a :class:`ValidationResult`. Those that know a JSON schema (``Pydan
 
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
 from retrylib.validators.code import PythonCode, extract_code
-from retrylib.validators.combine import AllOf, AnyOf
+from retrylib.validators.combine import AllOf, AnyOf, Soft
+from retrylib.validators.grounded import Grounded
 from retrylib.validators.judge import LLMJudge
 from retrylib.validators.registry import (
     build_validator,
@@ -39,6 +40,7 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "FieldsPresent",
+    "Grounded",
     "JsonObject",
     "JsonSchema",
     "LLMJudge",
@@ -47,6 +49,7 @@ __all__ = [
     "PythonCode",
     "RegexMatch",
     "ResponseNotEmpty",
+    "Soft",
     "ValidationContext",
     "ValidationResult",
     "Validator",

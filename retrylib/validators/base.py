@@ -21,20 +21,24 @@ class ValidationResult:
         errors: what was wrong, one sentence each; fed back to the model.
         suggestions: how to fix it; fed back to the model after the errors.
         parsed: the parsed object (a dict, a pydantic model, ...) when the validator made one.
+        soft: only *soft* checks failed (see :class:`~retrylib.validators.Soft`): the answer is
+            re-asked like any other failure, but when the attempts run out it is returned,
+            with these errors as ``RetryResult.warnings``, instead of raising.
     """
 
     valid: bool
     errors: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()
     parsed: Any = None
+    soft: bool = False
 
     @classmethod
     def ok(cls, parsed: Any = None) -> ValidationResult:
-        return cls(True, (), (), parsed)
+        return cls(True, (), (), parsed, False)
 
     @classmethod
     def fail(cls, *errors: str, suggestions: tuple[str, ...] | list[str] = ()) -> ValidationResult:
-        return cls(False, tuple(errors), tuple(suggestions), None)
+        return cls(False, tuple(errors), tuple(suggestions), None, False)
 
 
 @dataclass(slots=True)

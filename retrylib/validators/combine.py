@@ -1,4 +1,5 @@
-"""Validators made of validators: every one must pass (``AllOf``), or any one (``AnyOf``)."""
+"""Validators made of validators: every one must pass (``AllOf``), or any one (``AnyOf``);
+``Soft`` marks a check whose failure is re-asked but does not, in the end, block the answer."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class AllOf:
     - a costly validator (one with ``costly = True``, such as ``LLMJudge``) is skipped once
       a cheaper one has failed: judging an answer already known to be wrong wastes calls.
 
+    The result is ``soft`` when every failure came from a :class:`Soft` check; its ``parsed``
+    is then the hard validators' parse, so an answer returned with warnings is still parsed.
+
     Args:
         *validators: the validators (or one list of them).
         fail_fast: stop at the first failure instead.
@@ -57,7 +61,8 @@ class AllOf:
         ConfigError: no validators, or something that is not one.
 
     parsed: the last non-``None`` parsed value of the validators, in order.
-    Has ``json_schema()`` when a child has one (several go under ``allOf``).
+    Has ``json_schema()`` when a child has one (several go under ``allOf``; ``Soft`` children
+    are left out: a schema sent to the grammar is a hard rule).
     """
 
     name = "all_of"
@@ -76,6 +81,7 @@ class AllOf:
         errors: list[str] = []
         suggestions: list[str] = []
         parsed: Any = None
+        hard_failed = False
         for v in self.validators:
             if errors and getattr(v, "costly", False):
                 continue
@@ -84,12 +90,15 @@ class AllOf:
                 if r.parsed is not None:
                     parsed = r.parsed
                 continue
+            hard_failed = hard_failed or not r.soft
             errors += list(r.errors) or [f"{getattr(v, 'name', type(v).__name__)} failed"]
             suggestions += list(r.suggestions)
             if self.fail_fast:
                 break
         if errors:
-            return ValidationResult(False, _unique(errors), _unique(suggestions), None)
+            soft = not hard_failed
+            return ValidationResult(False, _unique(errors), _unique(suggestions),
+                                    parsed if soft else None, soft)
         return ValidationResult.ok(parsed)
 
 
@@ -122,13 +131,50 @@ class AnyOf:
     async def validate(self, text: str, context: ValidationContext) -> ValidationResult:
         errors: list[str] = []
         suggestions: list[str] = []
+        softly: ValidationResult | None = None  # the first alternative that failed only softly
         for i, v in enumerate(self.validators, 1):
             r = await v.validate(text, context)
             if r.valid:
                 return r
+            if r.soft and softly is None:
+                softly = r
             label = f"alternative {i} ({getattr(v, 'name', type(v).__name__)})"
             errors += [f"{label}: {e}" for e in r.errors] or [f"{label} failed"]
             suggestions += list(r.suggestions)
         if len(self.validators) > 1:
             suggestions.insert(0, "It is enough to satisfy one of the alternatives.")
-        return ValidationResult(False, tuple(errors), _unique(suggestions), None)
+        return ValidationResult(False, tuple(errors), _unique(suggestions),
+                                softly.parsed if softly else None, softly is not None)
+
+
+class Soft:
+    """A check worth retrying for, but not worth failing the call over.
+
+    A soft failure is fed back and escalates the ladder like any other; but when the
+    attempts run out (or the human stage is reached) and some answer failed *only* soft
+    checks, ``retry_with_validation`` returns that answer — the one with the fewest soft
+    errors, the latest on a tie — with the errors in ``RetryResult.warnings``, instead of
+    raising. Use it for heuristics that a right answer may occasionally fail, such as
+    :class:`~retrylib.validators.Grounded`.
+
+    Args:
+        validator: the check to soften.
+
+    Raises:
+        ConfigError: ``validator`` is not a validator.
+    """
+
+    name = "soft"
+
+    def __init__(self, validator: Validator):
+        (self.validator,) = _children("Soft", (validator,))
+        self.costly = bool(getattr(validator, "costly", False))
+
+    def __repr__(self) -> str:
+        return f"Soft({self.validator!r})"
+
+    async def validate(self, text: str, context: ValidationContext) -> ValidationResult:
+        r = await self.validator.validate(text, context)
+        if r.valid:
+            return r
+        return ValidationResult(False, r.errors, r.suggestions, r.parsed, True)

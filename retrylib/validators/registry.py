@@ -22,7 +22,8 @@ from typing import Any
 from retrylib.errors import ConfigError
 from retrylib.validators.base import Validator
 from retrylib.validators.code import PythonCode
-from retrylib.validators.combine import AllOf, AnyOf
+from retrylib.validators.combine import AllOf, AnyOf, Soft
+from retrylib.validators.grounded import Grounded
 from retrylib.validators.judge import LLMJudge
 from retrylib.validators.structured import FieldsPresent, JsonObject, JsonSchema, PydanticSchema
 from retrylib.validators.text import LengthRange, RegexMatch, ResponseNotEmpty
@@ -204,6 +205,17 @@ def _any_of(validators: list[Any]) -> AnyOf:
     return AnyOf(*build_validators(validators))
 
 
+def _soft(validator: Any) -> Soft:
+    return Soft(build_validator(validator))
+
+
+def _grounded(source: str, schema: Any = None, exempt: list[str] | None = None,
+              fields: list[str] | None = None) -> Grounded:
+    if isinstance(schema, str):
+        schema = import_object(schema)
+    return Grounded(source, schema, exempt or (), fields)
+
+
 _BUILTINS: dict[str, Factory] = {
     "response_not_empty": ResponseNotEmpty,
     "json_string": JsonObject,
@@ -219,6 +231,8 @@ _BUILTINS: dict[str, Factory] = {
     "llm_judge": _judge,
     "all_of": _all_of,
     "any_of": _any_of,
+    "soft": _soft,
+    "grounded": _grounded,
 }
 for _name, _factory in _BUILTINS.items():
     register(_name, _factory)
