@@ -63,6 +63,11 @@ _CONNECTION_CAUSES: tuple[type[BaseException], ...] = (
 )
 
 
+# Builtin exceptions that carry nothing but their message (no headers, status or response).
+_PLAIN_CONNECTION = frozenset({ConnectionError, ConnectionRefusedError, ConnectionResetError,
+                               ConnectionAbortedError, BrokenPipeError, TimeoutError})
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     """The verdict on one failure.
@@ -183,6 +188,9 @@ def classify(failure: BaseException | int) -> Classification:
         return Classification(ok, reason, None, failure, f"HTTP {failure}")
     exc = failure
     etype = type(exc).__name__
+    if type(exc) in _PLAIN_CONNECTION and exc.__cause__ is None and exc.__context__ is None:
+        # The hot path of a flaky socket: a builtin error with no chain, headers or status.
+        return Classification(True, _connection_reason(exc), None, None, etype, {})
     if isinstance(exc, asyncio.CancelledError):
         return Classification(False, "cancelled", None, None, etype)
     headers = response_headers(exc)

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from loguru import logger
@@ -112,7 +112,7 @@ class LocalModelServer:
     """
 
     # Server arguments a known model needs unless the caller overrides them.
-    DEFAULT_ARGS: dict[str, tuple[str, ...]] = {"gemma3": ("--chat_format", "gemma")}
+    DEFAULT_ARGS: ClassVar[dict[str, tuple[str, ...]]] = {"gemma3": ("--chat_format", "gemma")}
 
     def __init__(self, model: str = "smollm2", *, host: str = "127.0.0.1", port: int | None = None,
                  n_ctx: int = 2048, n_threads: int = 2, alias: str | None = None,

@@ -52,7 +52,7 @@ from retrylib.extract import extract_model, extract_text, extract_usage, is_cach
 from retrylib.feedback import Exchange, build_messages, feedback_text
 from retrylib.result import Attempt, RetryResult, summarize
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
-from retrylib.validators.combine import AllOf
+from retrylib.validators.combine import AllOf, _children
 
 Call = Callable[..., Awaitable[Any] | Any]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -93,7 +93,9 @@ class _Loop:
                  config: RetryConfig, response_format: Any, depth: int, call_kwargs: dict[str, Any]):
         self.call = call
         self.base = copy.deepcopy(list(messages))
-        self.validator = AllOf(*validators) if validators else None
+        # One validator is used as is (AllOf around it only costs time; _children checks it).
+        self.validator = (_children("validators", tuple(validators))[0] if len(validators) == 1
+                          else AllOf(*validators) if validators else None)
         self.config = config
         self.response_format = response_format
         self.depth = depth
@@ -118,6 +120,8 @@ class _Loop:
         self.constrained_tried = False
         self.caller_constrains = _asks_for_schema(response_format)
         self.ladder = config.ladder()  # computed once: the hot path asks for it per attempt
+        self.stage = self.stage_for(0)  # the stage of the next attempt; moves on each failure
+        self.call_model = getattr(call, "model", None)
         self.fresh = config.escalation_history == "fresh"
         self.history_from = 0  # with ``fresh``: where the current stage's history starts
         self.prev_stage = ""
@@ -167,7 +171,8 @@ class _Loop:
     def remaining(self) -> float | None:
         return None if self.deadline_at is None else self.deadline_at - time.monotonic()
 
-    def record(self, **fields: Any) -> Attempt:
+    def record(self, fields: dict[str, Any]) -> Attempt:
+        """Make the attempt's record from ``fields`` (the number and RSS are added here)."""
         a = Attempt(number=len(self.attempts) + 1, rss_bytes=_rss(), **fields)
         self.attempts.append(a)
         if self.config.debug_mode:
@@ -193,7 +198,7 @@ class _Loop:
             if not self.softly:
                 raise
             # Some answer failed only soft checks: it is the result, with warnings.
-            n_errors, neg_number, result, response, text = min(self.softly)
+            _, neg_number, result, response, text = min(self.softly)
             self.stage_reached = max((a.stage for a in self.attempts), key=_LEVEL.__getitem__)
             return RetryResult(content=text, response=response, parsed=result.parsed,
                                attempts=list(self.attempts), metrics={},
@@ -226,7 +231,7 @@ class _Loop:
                     t = time.monotonic()
                     await asyncio.sleep(wait)  # CancelledError propagates: the call ends now
                     slept = time.monotonic() - t
-            stage = self.stage_for(self.failures)
+            stage = self.stage
             if _LEVEL[stage] > _LEVEL[self.stage_reached]:
                 self.stage_reached = stage
             msgs, kw, facts = self.request(stage)
@@ -240,7 +245,8 @@ class _Loop:
                           retry_after=retry_after, tool_suggested=_LEVEL[stage] >= _TOOL
                           and bool(c.debug_tool_name) and bool(self.history),
                           mcp_config_sent=facts["mcp"], constrained=facts["constrained"],
-                          model=kw.get("model") or getattr(self.call, "model", None), messages_sent=len(msgs), timestamp=time.time())
+                          model=kw.get("model") or self.call_model, messages_sent=len(msgs),
+                          timestamp=time.time())
             start = time.monotonic() - self.t0
             try:
                 response = await self._invoke(msgs, kw, left)
@@ -258,10 +264,10 @@ class _Loop:
                     retry_after, last_kind = None, "rejected"
                 else:
                     retry_after, last_kind = verdict.retry_after, "transport"
-                self.record(start=start, end=time.monotonic() - self.t0, outcome="transport_error",
-                            error_type=verdict.error_type, status_code=verdict.status_code,
-                            error_message=str(exc)[:500], retryable=verdict.retryable,
-                            note=note, **common)
+                common.update(start=start, end=time.monotonic() - self.t0, outcome="transport_error",
+                              error_type=verdict.error_type, status_code=verdict.status_code,
+                              error_message=str(exc)[:500], retryable=verdict.retryable, note=note)
+                self.record(common)
                 if last_kind == "rejected":
                     continue
                 if not verdict.retryable:
@@ -276,20 +282,25 @@ class _Loop:
                 continue
             end = time.monotonic() - self.t0
             result = await self._validate(response, msgs, n)
-            tin, tout = extract_usage(response)
             text = self.last_text
-            common.update(start=start, end=end, text=text, tokens_in=tin, tokens_out=tout,
-                          cost=response_cost(response), cache_hit=is_cache_hit(response),
-                          note=facts["note"], model=common["model"] or extract_model(response))
+            if type(response) is str:  # a plain-text route: no usage, cost, cache flag or model
+                common.update(start=start, end=end, text=text, note=facts["note"])
+            else:
+                tin, tout = extract_usage(response)
+                common.update(start=start, end=end, text=text, tokens_in=tin, tokens_out=tout,
+                              cost=response_cost(response), cache_hit=is_cache_hit(response),
+                              note=facts["note"], model=common["model"] or extract_model(response))
             if result.valid:
-                self.record(outcome="ok", **common)
+                common["outcome"] = "ok"
+                self.record(common)
                 await self._verdict_to_route("accept", msgs, kw)
                 return RetryResult(content=text or "", response=response, parsed=result.parsed,
                                    attempts=list(self.attempts), metrics={})
             self.failures += 1
             retry_after, last_kind = None, "validation"
             self.last_errors = list(result.errors)
-            a = self.record(outcome="validation_failed", validation_errors=tuple(result.errors), **common)
+            common.update(outcome="validation_failed", validation_errors=tuple(result.errors))
+            a = self.record(common)
             if result.soft and text is not None:
                 self.softly.append((len(result.errors), -a.number, result, response, text))
             await self._verdict_to_route("reject", msgs, kw)
@@ -303,7 +314,7 @@ class _Loop:
                     last_response=self.last_response, last_text=self.last_text,
                     validation_errors=self.last_errors, config=c.model_dump(),
                     last_error=self.last_error)
-            next_stage = self.stage_for(self.failures)
+            self.stage = next_stage = self.stage_for(self.failures)
             self.history.append(Exchange(text or "", feedback_text(
                 result.errors, result.suggestions, original_prompt=c.original_user_prompt,
                 tool_name=c.debug_tool_name if _LEVEL[next_stage] >= _TOOL else None)))
@@ -337,9 +348,13 @@ class _Loop:
         ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
                                 max_depth=self.config.max_validator_depth)
         try:
-            return await self.validator.validate(text, ctx)
+            r = await self.validator.validate(text, ctx)
         finally:
             self.subresults.extend(ctx.subresults)
+        if not r.valid and not r.errors:  # say which check failed, as AllOf does
+            name = getattr(self.validator, "name", type(self.validator).__name__)
+            r = ValidationResult(False, (f"{name} failed",), r.suggestions, r.parsed, r.soft)
+        return r
 
     async def _verdict_to_route(self, verdict: str, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
         """Tell the route (``call.accept`` / ``call.reject``) what became of its answer.
