@@ -22,13 +22,12 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from typing import TYPE_CHECKING, Any
+
 from retrylib import validators
 from retrylib.backoff import Backoff, backoff_schedule
-from retrylib.cache import disable_cache, init_cache
 from retrylib.classify import Classification, classify, parse_retry_after
-from retrylib.client import acompletion, make_call
 from retrylib.config import FallbackModel, RetryConfig
-from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
 from retrylib.errors import (
     ConfigError,
     ExtractionError,
@@ -44,6 +43,32 @@ from retrylib.errors import (
 from retrylib.extract import extract_text
 from retrylib.manager import retry_with_validation, retry_with_validation_sync
 from retrylib.result import Attempt, RetryResult
+
+if TYPE_CHECKING:
+    from retrylib.cache import disable_cache, init_cache
+    from retrylib.client import acompletion, make_call
+    from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
+
+# The names that need litellm (~4 s to import) load on first use, so that `import retrylib`,
+# the CLI's `serve`/`chaos` and code that brings its own call stay fast.
+_LAZY = {"disable_cache": "retrylib.cache", "init_cache": "retrylib.cache",
+         "acompletion": "retrylib.client", "make_call": "retrylib.client",
+         "llm_call": "retrylib.declarative", "llm_call_sync": "retrylib.declarative",
+         "load_llm_config": "retrylib.declarative"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'retrylib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

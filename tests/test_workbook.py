@@ -15,18 +15,8 @@ import yaml
 
 from retrylib.errors import ConfigError
 from retrylib.experiments import summary
-from retrylib.workbook import (
-    NOTEBOOKS,
-    NOTEBOOKS_DIR,
-    between,
-    check_params,
-    list_of,
-    load_params,
-    of_type,
-    one_of,
-    run_workbook,
-    select_notebooks,
-)
+from retrylib.params import between, check_params, list_of, of_type, one_of
+from retrylib.workbook import NOTEBOOKS, NOTEBOOKS_DIR, load_params, run_workbook, select_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = REPO / "params" / "quick.yaml"

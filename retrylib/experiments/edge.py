@@ -134,7 +134,7 @@ async def refused(env: Any, max_tokens: int, up_after: float = 0.3) -> list[dict
 
 def config_cases() -> list[tuple[str, Callable[[], Any], tuple[str, ...]]]:
     """(case, what to build, the words the error must name)."""
-    from retrylib.workbook import check_params
+    from retrylib.params import check_params
 
     return [
         ("max_attempts=0", lambda: RetryConfig(max_attempts=0), ("max_attempts",)),
