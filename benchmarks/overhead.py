@@ -189,10 +189,10 @@ def component_costs(number: int = 20_000) -> dict[str, float]:
                   mcp_config_sent=False, constrained=False, model=None, messages_sent=1,
                   timestamp=1.0, error_type="ConnectionError", status_code=None,
                   error_message="connection reset", retryable=True, note=None, rss_bytes=1)
-    unfrozen = dataclasses.make_dataclass(  # what a non-frozen Attempt would cost
-        "UnfrozenAttempt", [(f.name, Any, dataclasses.field(default=f.default))
-                            if f.default is not dataclasses.MISSING else (f.name, Any)
-                            for f in dataclasses.fields(Attempt)], slots=True)
+    frozen = dataclasses.make_dataclass(  # what a frozen Attempt cost (it was frozen until 0f25c2f)
+        "FrozenAttempt", [(f.name, Any, dataclasses.field(default=f.default))
+                          if f.default is not dataclasses.MISSING else (f.name, Any)
+                          for f in dataclasses.fields(Attempt)], slots=True, frozen=True)
     pieces = {
         "RSS via psutil Process.memory_info()": lambda: proc.memory_info().rss,
         "RSS alternative: resource.getrusage ru_maxrss (peak)": lambda: resource.getrusage(
@@ -202,8 +202,8 @@ def component_costs(number: int = 20_000) -> dict[str, float]:
         "build_messages (2 msgs + 3 failures, full)": lambda: build_messages(MESSAGES, hist, "full"),
         "classify(ConnectionError)": lambda: classify(exc),
         "error_facts (verdict given)": lambda: error_facts(exc, verdict),
-        "Attempt(...) construction (frozen dataclass, 20 kwargs)": lambda: Attempt(**fields),
-        "alternative: the same fields, non-frozen slots dataclass": lambda: unfrozen(**fields),
+        "Attempt(...) construction (slots dataclass, 20 kwargs)": lambda: Attempt(**fields),
+        "for comparison: the same fields, frozen dataclass": lambda: frozen(**fields),
         "RetryConfig.stage_for": lambda: cfg.stage_for(1),
         "time.time + 2x time.monotonic": lambda: (time.time(), time.monotonic(), time.monotonic()),
     }

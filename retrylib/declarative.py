@@ -36,7 +36,7 @@ from retrylib.validators.registry import build_validators
 
 _LIFTED = ("max_attempts_before_tool_use", "max_attempts_before_human", "debug_tool_name",
            "debug_tool_mcp_config", "original_user_prompt", "max_attempts_before_constrained",
-           "max_attempts_before_fallback", "fallback_models")
+           "max_attempts_before_fallback", "fallback_models", "escalation_history")
 
 
 class LLMCallConfig(BaseModel):

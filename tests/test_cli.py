@@ -202,3 +202,17 @@ def test_usage_error_exits_2(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "serve" in err and "chaos" in err and "call" in err
+
+
+def test_import_leaves_litellm_until_a_name_needs_it():
+    """`import retrylib` (and so every CLI start) does not pay litellm's import; the names
+    that need it load it on first use and are then ordinary module attributes."""
+    code = ("import sys, retrylib, retrylib.local, retrylib.chaos, retrylib.manager\n"
+            "assert 'litellm' not in sys.modules, 'litellm imported eagerly'\n"
+            "from retrylib import make_call, llm_call, init_cache\n"
+            "assert 'litellm' in sys.modules and retrylib.make_call is make_call\n"
+            "assert {'make_call', 'llm_call', 'acompletion'} <= set(dir(retrylib))\n"
+            "try:\n    retrylib.nope\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "module 'retrylib' has no attribute 'nope'" in out.stdout
