@@ -421,6 +421,7 @@ async def retry_with_validation(
         _finish(loop, started_tracing)
         raise
     result.metrics = _finish(loop, started_tracing)
+    result.metrics["accepted_with_warnings"] = bool(result.warnings)
     return result
 
 

@@ -99,7 +99,8 @@ class RetryResult:
         metrics: ``api_calls``, ``total_seconds``, ``sleep_seconds``, ``tokens_in``,
             ``tokens_out``, ``cost``, ``cache_hits``, ``stage_reached``,
             ``validation_failures``, ``transport_errors``, ``validator_api_calls``,
-            ``validator_tokens_in``, ``validator_tokens_out``, ``total_api_calls``, and
+            ``validator_tokens_in``, ``validator_tokens_out``, ``total_api_calls``,
+            ``accepted_with_warnings`` (an answer that failed only ``Soft`` checks), and
             ``peak_traced_bytes`` when ``trace_memory`` was on.
     """
 

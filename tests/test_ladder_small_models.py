@@ -129,6 +129,7 @@ async def test_soft_failure_is_retried_then_passes(chaos_free):
                                          fast(max_attempts=3))
     assert [a.outcome for a in result.attempts] == ["validation_failed", "ok"]
     assert result.warnings == () and result.accepted_attempt is None
+    assert not result.metrics["accepted_with_warnings"]
     assert "'Madrid' does not appear in the text" in chaos_free.journal()[1]["body"]["messages"][-1]["content"]
 
 
@@ -140,7 +141,7 @@ async def test_soft_only_failures_return_the_best_answer_with_warnings(chaos_fre
     call = make_call("openai/primary", api_base=chaos_free.url)
     cfg = fast(max_attempts=3, max_attempts_before_human=3)
     result = await retry_with_validation(call, PROMPT, [V.PydanticSchema(Person), grounded()], cfg)
-    assert result.accepted_attempt == 2
+    assert result.accepted_attempt == 2 and result.metrics["accepted_with_warnings"]
     assert result.parsed == Person(**UNGROUNDED)
     assert result.warnings == ("field `city`: 'Madrid' does not appear in the text",)
     assert [a.outcome for a in result.attempts] == ["validation_failed"] * 3
