@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not an in
 
 from benchmarks import overhead  # noqa: E402
 from benchmarks.extraction.cases import CASES, messages_for, score  # noqa: E402
+from benchmarks.extraction.ladders import ladder_config  # noqa: E402
 from benchmarks.extraction.run import done_when, load_partial, run_cases, summarize  # noqa: E402
 from benchmarks.extraction.strategies import Budget, Record, Target, instructor_reask  # noqa: E402
 from retrylib.validators import Grounded, PydanticSchema  # noqa: E402
@@ -83,6 +84,21 @@ async def test_instructor_strategy_counts_its_tokens(local_model):
     r = await instructor_reask(CASES[0], _target(local_model), QUICK, mode="tools")
     assert r.attempts >= 1 and r.prompt_tokens > 0
     assert r.strategy == "instructor_tools"
+
+
+def test_ladder_config_follows_the_knobs_and_stops_at_f_without_a_fallback():
+    """With a fallback model the knobs map 1:1; without one there is no fallback stage and
+    the ladder ends where it would have started (M capped at F)."""
+    knobs = Budget().ladder
+    with_fb = ladder_config(knobs, Target("s", "openai/s", "http://x/v1",
+                                          (Target("g", "openai/g", "http://y/v1"),)), 7)
+    assert with_fb.ladder() == [("normal", 0), ("constrained", 0), ("fallback", 1), ("human", 2)]
+    assert with_fb.escalation_history == "fresh" and with_fb.fallback_models[0].model == "openai/g"
+    alone = ladder_config(knobs, Target("g", "openai/g", "http://y/v1"), 7)
+    assert alone.ladder() == [("normal", 0), ("constrained", 0), ("human", 1)]
+    assert alone.max_attempts == 1 and not alone.fallback_models
+    sketch = ladder_config(Budget().ladder_sketch, Target("g", "openai/g", "http://y/v1"), 7)
+    assert sketch.max_attempts == 2 and sketch.escalation_history == "keep"
 
 
 def test_done_when_can_fail():
