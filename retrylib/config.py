@@ -202,11 +202,7 @@ class RetryConfig(BaseModel):
 
     def stage_for(self, failures: int) -> str:
         """The stage of an attempt made after ``failures`` failed validations."""
-        stage = "normal"
-        for s, t in self.ladder():
-            if failures >= t:
-                stage = s
-        return stage
+        return stage_at(self.ladder(), failures)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -217,6 +213,15 @@ class RetryConfig(BaseModel):
     def replace(self, **changes: Any) -> RetryConfig:
         """A copy with ``changes`` applied and validated."""
         return type(self)(**{**self.model_dump(), **changes})
+
+
+def stage_at(ladder: list[tuple[str, int]], failures: int) -> str:
+    """The stage that ``failures`` failed validations reach on ``ladder`` (``RetryConfig.ladder()``)."""
+    stage = "normal"
+    for s, t in ladder:
+        if failures >= t:
+            stage = s
+    return stage
 
 
 def format_validation_error(what: str, exc: ValidationError) -> str:

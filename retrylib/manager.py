@@ -34,7 +34,7 @@ from loguru import logger
 
 from retrylib.backoff import Backoff
 from retrylib.classify import classify, error_facts
-from retrylib.config import STAGES, RetryConfig
+from retrylib.config import STAGES, RetryConfig, stage_at
 from retrylib.constrained import (
     grammar_safe_schema,
     looks_like_schema_rejection,
@@ -120,21 +120,13 @@ class _Loop:
         self.constrained_tried = False
         self.caller_constrains = _asks_for_schema(response_format)
         self.ladder = config.ladder()  # computed once: the hot path asks for it per attempt
-        self.stage = self.stage_for(0)  # the stage of the next attempt; moves on each failure
+        self.stage = stage_at(self.ladder, 0)  # the stage of the next attempt; moves on each failure
         self.call_model = getattr(call, "model", None)
         self.fresh = config.escalation_history == "fresh"
         self.history_from = 0  # with ``fresh``: where the current stage's history starts
         self.prev_stage = ""
         # Answers that failed only soft checks: (soft errors, -attempt number, result, response, text)
         self.softly: list[tuple[int, int, ValidationResult, Any, str]] = []
-
-    def stage_for(self, failures: int) -> str:
-        """The stage of an attempt made after ``failures`` failed validations."""
-        stage = "normal"
-        for s, t in self.ladder:
-            if failures >= t:
-                stage = s
-        return stage
 
     # -- one attempt's request -------------------------------------------------------------
     def request(self, stage: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -314,7 +306,7 @@ class _Loop:
                     last_response=self.last_response, last_text=self.last_text,
                     validation_errors=self.last_errors, config=c.model_dump(),
                     last_error=self.last_error)
-            self.stage = next_stage = self.stage_for(self.failures)
+            self.stage = next_stage = stage_at(self.ladder, self.failures)
             self.history.append(Exchange(text or "", feedback_text(
                 result.errors, result.suggestions, original_prompt=c.original_user_prompt,
                 tool_name=c.debug_tool_name if _LEVEL[next_stage] >= _TOOL else None)))

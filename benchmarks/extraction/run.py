@@ -262,7 +262,7 @@ def run_benchmark(models: Sequence[str] = ("smollm2",), strategies: Sequence[str
         "cases": [c.id for c in cases], "cases_per_model": dict(cases_per_model or {}),
         "budget": budget.__dict__.copy(), "versions": versions(), "platform": platform.platform(),
         "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-        "serve_args": {n: list(LocalModelServer(n).extra_args) for n in names},
+        "serve_args": {n: list(LocalModelServer.DEFAULT_ARGS.get(n, ())) for n in names},
     }
     records, pilot = load_partial(partial_path) if resume and partial_path else ([], [])
     if pilot:
