@@ -102,6 +102,26 @@ def extract_usage(response: Any) -> tuple[int, int]:
     return int(tin or 0), int(tout or 0)
 
 
+def extract_finish_reason(response: Any) -> str | None:
+    """Why the model stopped: ``stop``, ``length`` (cut at ``max_tokens``), ``tool_calls``...
+
+    Anthropic's ``stop_reason`` is mapped to the OpenAI words (``max_tokens`` -> ``length``,
+    ``end_turn``/``stop_sequence`` -> ``stop``, ``tool_use`` -> ``tool_calls``). ``None``
+    when the response does not say.
+    """
+    if isinstance(response, str) or response is None:
+        return None
+    choices = _get(response, "choices")
+    if choices:
+        reason = _get(choices[0], "finish_reason")
+        return reason if isinstance(reason, str) else None
+    reason = _get(response, "stop_reason")
+    if isinstance(reason, str):
+        return {"max_tokens": "length", "end_turn": "stop", "stop_sequence": "stop",
+                "tool_use": "tool_calls"}.get(reason, reason)
+    return None
+
+
 def extract_model(response: Any) -> str | None:
     """The model name the response reports, if any."""
     if isinstance(response, str) or response is None:

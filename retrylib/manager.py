@@ -48,7 +48,14 @@ from retrylib.errors import (
     RetryError,
     RetryExhaustedError,
 )
-from retrylib.extract import extract_model, extract_text, extract_usage, is_cache_hit, response_cost
+from retrylib.extract import (
+    extract_finish_reason,
+    extract_model,
+    extract_text,
+    extract_usage,
+    is_cache_hit,
+    response_cost,
+)
 from retrylib.feedback import Exchange, build_messages, feedback_text
 from retrylib.result import Attempt, RetryResult, summarize
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
@@ -83,6 +90,8 @@ _rss = _Rss()
 
 
 _LEVEL = {s: i for i, s in enumerate(STAGES)}
+_CUT_OFF = ("Your previous answer was cut off at the token limit before it was complete: "
+            "give a shorter answer that fits.")
 _CONSTRAINED, _FALLBACK, _TOOL = _LEVEL["constrained"], _LEVEL["fallback"], _LEVEL["tool"]
 
 
@@ -281,7 +290,8 @@ class _Loop:
                 tin, tout = extract_usage(response)
                 common.update(start=start, end=end, text=text, tokens_in=tin, tokens_out=tout,
                               cost=response_cost(response), cache_hit=is_cache_hit(response),
-                              note=facts["note"], model=common["model"] or extract_model(response))
+                              note=facts["note"], model=common["model"] or extract_model(response),
+                              finish_reason=extract_finish_reason(response))
             if result.valid:
                 common["outcome"] = "ok"
                 self.record(common)
@@ -307,8 +317,11 @@ class _Loop:
                     validation_errors=self.last_errors, config=c.model_dump(),
                     last_error=self.last_error)
             self.stage = next_stage = stage_at(self.ladder, self.failures)
+            suggestions = result.suggestions
+            if common.get("finish_reason") == "length":  # the answer was cut, not just wrong
+                suggestions = (_CUT_OFF, *suggestions)
             self.history.append(Exchange(text or "", feedback_text(
-                result.errors, result.suggestions, original_prompt=c.original_user_prompt,
+                result.errors, suggestions, original_prompt=c.original_user_prompt,
                 tool_name=c.debug_tool_name if _LEVEL[next_stage] >= _TOOL else None)))
         raise self.exhausted(
             f"all {c.max_attempts} attempts failed; last: "

@@ -35,6 +35,7 @@ class Attempt:
         validation_errors: what the validators said.
         text: the extracted answer (``None`` when there was none).
         tokens_in, tokens_out, cost, cache_hit: what the response reported.
+        finish_reason: why the model stopped (``stop``, ``length``: cut at ``max_tokens``, ...).
         stage: ``normal``, ``constrained``, ``fallback``, ``tool`` (see ``RetryConfig``).
         tool_suggested: the messages sent carried the debug-tool suggestion.
         mcp_config_sent: the call kwargs carried ``mcp_config``.
@@ -64,6 +65,7 @@ class Attempt:
     tokens_out: int = 0
     cost: float = 0.0
     cache_hit: bool = False
+    finish_reason: str | None = None
     tool_suggested: bool = False
     mcp_config_sent: bool = False
     constrained: bool = False

@@ -15,7 +15,13 @@ import pytest
 
 from retrylib import ExtractionError, extract_text
 from retrylib.client import acompletion
-from retrylib.extract import extract_model, extract_usage, is_cache_hit, response_cost
+from retrylib.extract import (
+    extract_finish_reason,
+    extract_model,
+    extract_usage,
+    is_cache_hit,
+    response_cost,
+)
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -176,3 +182,23 @@ def test_cache_hit_and_cost_default_false_for_dicts():
     """Plain dicts carry no hidden params: not a cache hit, zero cost."""
     assert is_cache_hit(OPENAI) is False
     assert response_cost(OPENAI) == 0.0
+
+
+@pytest.mark.parametrize(("response", "reason"), [
+    ({"choices": [{"message": {"content": "x"}, "finish_reason": "length"}]}, "length"),
+    ({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}, "stop"),
+    ({"choices": [{"message": {"content": "x"}}]}, None),
+    ({"type": "message", "role": "assistant", "content": [], "stop_reason": "max_tokens"}, "length"),
+    ({"type": "message", "role": "assistant", "content": [], "stop_reason": "end_turn"}, "stop"),
+    ({"type": "message", "role": "assistant", "content": [], "stop_reason": "tool_use"}, "tool_calls"),
+    ({"type": "message", "role": "assistant", "content": [], "stop_reason": "refusal"}, "refusal"),
+    ("plain text", None), (None, None), ({"choices": []}, None),
+])
+def test_finish_reason_of_every_shape(response, reason):
+    assert extract_finish_reason(response) == reason
+
+
+def test_finish_reason_of_a_model_response():
+    resp = litellm.ModelResponse(choices=[{"message": {"role": "assistant", "content": "x"},
+                                           "finish_reason": "length"}])
+    assert extract_finish_reason(resp) == "length"

@@ -167,6 +167,7 @@ async def test_feedback_carries_errors_and_original_prompt(chaos_free):
     assert sent[3]["role"] == "user"
     assert "1. " in feedback and "JSON" in feedback
     assert "Describe Ann, age 3, as JSON." in feedback
+    assert "cut off" not in feedback and result.attempts[0].finish_reason == "stop"
     assert result.attempts[0].validation_errors
 
 
@@ -428,3 +429,21 @@ async def test_debug_mode_logs_each_attempt(chaos_free):
     assert len(attempt_lines) == 2
     assert "transport_error" in attempt_lines[0] and "503" in attempt_lines[0]
     assert "[normal] ok" in attempt_lines[1]
+
+
+async def test_an_answer_cut_at_max_tokens_is_said_to_be_cut(chaos, local_model):
+    """The real model stopped by max_tokens: the attempt records finish_reason "length" and
+    the re-ask tells the model its answer was cut off, not only that it was invalid JSON.
+    A scripted reply (finish_reason "stop") gets no such line."""
+    chaos.set_plan(["pass", "reply:still not json"])
+    call = make_call(f"openai/{local_model.model}", api_base=chaos.url, max_tokens=4, temperature=0)
+    prompt = [{"role": "user", "content": "Describe a person named Ann who is 31 as a JSON object "
+                                          "with the keys name, age, city, job and hobbies."}]
+    with pytest.raises(RetryExhaustedError) as info:
+        await retry_with_validation(call, prompt, [V.PydanticSchema(Person)], fast(max_attempts=2))
+    first, second = info.value.attempts
+    assert first.finish_reason == "length" and first.tokens_out == 4
+    assert second.finish_reason == "stop"
+    bodies = [e["body"] for e in chaos.journal()]
+    assert "cut off at the token limit" in last_user(bodies[1])
+    assert "did not pass validation" in last_user(bodies[1])
