@@ -89,3 +89,12 @@ def looks_like_schema_rejection(status_code: int | None, retryable: bool, reason
     if reason.startswith(("connection", "timeout")):
         return False
     return (not retryable) or status_code in (400, 422, 500, 501)
+
+
+def asks_for_schema(response_format: Any) -> bool:
+    """Does the caller's own ``response_format`` already constrain the answer to a schema?"""
+    if isinstance(response_format, type):
+        return True  # a pydantic model class: litellm turns it into json_schema
+    if isinstance(response_format, dict):
+        return response_format.get("type") == "json_schema" or "schema" in response_format
+    return False

@@ -36,6 +36,7 @@ from retrylib.backoff import Backoff
 from retrylib.classify import classify, error_facts
 from retrylib.config import STAGES, RetryConfig, stage_at
 from retrylib.constrained import (
+    asks_for_schema,
     grammar_safe_schema,
     looks_like_schema_rejection,
     response_format_for,
@@ -59,7 +60,7 @@ from retrylib.extract import (
 from retrylib.feedback import Exchange, build_messages, feedback_text
 from retrylib.result import Attempt, RetryResult, summarize
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
-from retrylib.validators.combine import AllOf, _children
+from retrylib.validators.combine import AllOf, _children, named_errors
 
 Call = Callable[..., Awaitable[Any] | Any]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -127,7 +128,7 @@ class _Loop:
         self.constrained_off: str | None = None if self.schema else (
             "no validator provides a JSON schema" if self.has_k else None)
         self.constrained_tried = False
-        self.caller_constrains = _asks_for_schema(response_format)
+        self.caller_constrains = asks_for_schema(response_format)
         self.ladder = config.ladder()  # computed once: the hot path asks for it per attempt
         self.stage = stage_at(self.ladder, 0)  # the stage of the next attempt; moves on each failure
         self.call_model = getattr(call, "model", None)
@@ -357,8 +358,7 @@ class _Loop:
         finally:
             self.subresults.extend(ctx.subresults)
         if not r.valid and not r.errors:  # say which check failed, as AllOf does
-            name = getattr(self.validator, "name", type(self.validator).__name__)
-            r = ValidationResult(False, (f"{name} failed",), r.suggestions, r.parsed, r.soft)
+            r = ValidationResult(False, named_errors(self.validator, r), r.suggestions, r.parsed, r.soft)
         return r
 
     async def _verdict_to_route(self, verdict: str, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
@@ -439,15 +439,6 @@ def _finish(loop: _Loop, started_tracing: bool) -> dict[str, Any]:
     if loop.config.debug_mode:
         logger.debug("call ended after {} attempts: {}", len(loop.attempts), metrics)
     return metrics
-
-
-def _asks_for_schema(response_format: Any) -> bool:
-    """Does the caller's own ``response_format`` already constrain the answer to a schema?"""
-    if isinstance(response_format, type):
-        return True  # a pydantic model class: litellm turns it into json_schema
-    if isinstance(response_format, dict):
-        return response_format.get("type") == "json_schema" or "schema" in response_format
-    return False
 
 
 def run_sync(awaitable: Awaitable[Any]) -> Any:

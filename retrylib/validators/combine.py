@@ -21,6 +21,11 @@ def _children(kind: str, validators: tuple[Any, ...]) -> tuple[Validator, ...]:
     return tuple(validators)
 
 
+def named_errors(validator: Any, result: ValidationResult) -> tuple[str, ...]:
+    """The result's errors, or ``"<name> failed"`` when the validator gave no words."""
+    return tuple(result.errors) or (f"{getattr(validator, 'name', type(validator).__name__)} failed",)
+
+
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -91,7 +96,7 @@ class AllOf:
                     parsed = r.parsed
                 continue
             hard_failed = hard_failed or not r.soft
-            errors += list(r.errors) or [f"{getattr(v, 'name', type(v).__name__)} failed"]
+            errors += named_errors(v, r)
             suggestions += list(r.suggestions)
             if self.fail_fast:
                 break
