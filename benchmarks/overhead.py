@@ -388,7 +388,7 @@ def run(attempts: int = 10, calls: int = 300, repeats: int = 7, real_repeats: in
             result["real_call"] = asyncio.run(real_call_overhead(
                 api_base, "openai/smollm2", real_repeats, max_tokens))
         else:
-            from retrylib.local import LocalModelServer
+            from retrylib.testing.local import LocalModelServer
 
             with LocalModelServer("smollm2", n_ctx=2048) as srv:
                 result["real_call"] = asyncio.run(real_call_overhead(

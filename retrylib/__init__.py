@@ -27,17 +27,21 @@ from typing import TYPE_CHECKING, Any
 from retrylib import validators
 from retrylib.backoff import Backoff, backoff_schedule
 from retrylib.classify import Classification, classify, parse_retry_after
+from retrylib.client import acompletion, make_call
 from retrylib.config import FallbackModel, RetryConfig
+from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
 from retrylib.errors import (
     ConfigError,
     ExtractionError,
     HumanReviewNeededError,
     MalformedResponseError,
+    MissingExtraError,
     NonRetryableError,
     ProxyHTTPError,
     RetryError,
     RetryExhaustedError,
     RetrylibError,
+    ServerDiedError,
     ServerStartError,
 )
 from retrylib.extract import extract_text
@@ -46,15 +50,11 @@ from retrylib.result import Attempt, RetryResult
 
 if TYPE_CHECKING:
     from retrylib.cache import disable_cache, init_cache
-    from retrylib.client import acompletion, make_call
-    from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
 
-# The names that need litellm (~4 s to import) load on first use, so that `import retrylib`,
-# the CLI's `serve`/`chaos` and code that brings its own call stay fast.
-_LAZY = {"disable_cache": "retrylib.cache", "init_cache": "retrylib.cache",
-         "acompletion": "retrylib.client", "make_call": "retrylib.client",
-         "llm_call": "retrylib.declarative", "llm_call_sync": "retrylib.declarative",
-         "load_llm_config": "retrylib.declarative"}
+# The cache needs litellm (the [litellm] extra, ~4 s to import): it loads on first use, so
+# that `import retrylib` works on the core install and stays fast. The litellm route of
+# make_call imports litellm on its first call.
+_LAZY = {"disable_cache": "retrylib.cache", "init_cache": "retrylib.cache"}
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +81,7 @@ __all__ = [
     "FallbackModel",
     "HumanReviewNeededError",
     "MalformedResponseError",
+    "MissingExtraError",
     "NonRetryableError",
     "ProxyHTTPError",
     "RetryConfig",
@@ -88,6 +89,7 @@ __all__ = [
     "RetryExhaustedError",
     "RetryResult",
     "RetrylibError",
+    "ServerDiedError",
     "ServerStartError",
     "__version__",
     "acompletion",

@@ -27,11 +27,15 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm
-from litellm.caching.base_cache import BaseCache
-from litellm.caching.caching import Cache
-
+from retrylib._extras import missing, require
 from retrylib.errors import ConfigError
+
+try:
+    import litellm
+    from litellm.caching.base_cache import BaseCache
+    from litellm.caching.caching import Cache
+except ModuleNotFoundError as exc:
+    raise missing(exc, "retrylib's response cache") from None
 
 KINDS = ("memory", "disk", "redis")
 _REJECTED_MAX = 10_000
@@ -68,7 +72,7 @@ class DiskCache(BaseCache):
 
     def __init__(self, directory: str | Path):
         super().__init__()
-        import diskcache
+        diskcache = require("diskcache", "the disk cache")
 
         self.directory = Path(directory)
         self.disk = diskcache.Cache(str(self.directory))
@@ -198,7 +202,7 @@ async def reject(response: Any, request: dict[str, Any]) -> bool:
     if delete is not None:
         await delete(key)
     else:
-        backend.delete_cache(key)
+        backend.delete_cache(key)  # type: ignore[union-attr]
     return existed
 
 

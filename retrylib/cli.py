@@ -2,10 +2,9 @@
 
 ::
 
-    retrylib serve [--model smollm2|gemma3|PATH] [--port N]
+    retrylib serve [--model smollm2|gemma3|PATH] [--port N] [--check]
     retrylib chaos [--upstream URL] [--port N] [--plan "503,503,pass"] [--upstream-free]
     retrylib call CONFIG.yaml            # llm_call on a declarative config; prints the attempts
-    retrylib workbook run [--params FILE] [--only 01,03] [--output-dir reports]
 """
 
 from __future__ import annotations
@@ -19,11 +18,18 @@ from collections.abc import Sequence
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from retrylib.local import LocalModelServer
+    from retrylib.testing.local import LocalModelServer, completion_check
 
     srv = LocalModelServer(args.model, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads,
                            log_path=args.log)
     srv.start()
+    if args.check:
+        try:
+            text, seconds = completion_check(srv)
+        finally:
+            srv.stop()
+        print(f"model server {srv.model}: one completion in {seconds:.2f}s: {text.strip()[:60]!r}")
+        return 0
     print(f"model server: {srv.api_base} (model {srv.model}; litellm: {srv.litellm_model}; "
           f"log {srv.log_path})", flush=True)
     stop = threading.Event()
@@ -40,8 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from retrylib.chaos import run_forever
     from retrylib.errors import ConfigError
+    from retrylib.testing.chaos import run_forever
 
     if not args.upstream and not args.upstream_free:
         raise ConfigError("give --upstream URL (e.g. the model server's …/v1) or --upstream-free")
@@ -53,16 +59,15 @@ def _chaos(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace) -> int:
     from retrylib.declarative import llm_call_sync
     from retrylib.errors import RetryError
-    from retrylib.result import attempts_frame
 
     try:
         result = llm_call_sync(args.config)
     except RetryError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         if exc.attempts:
-            print(attempts_frame(exc.attempts)[_COLUMNS].to_string(index=False), file=sys.stderr)
+            print(_table(exc.attempts), file=sys.stderr)
         return 2
-    print(attempts_frame(result.attempts)[_COLUMNS].to_string(index=False))
+    print(_table(result.attempts))
     print(json.dumps({"content": result.content, "metrics": result.metrics}, indent=2, default=str))
     return 0
 
@@ -71,12 +76,19 @@ _COLUMNS = ["number", "stage", "outcome", "slept", "duration", "status_code", "e
             "validation_errors", "tokens_in", "tokens_out"]
 
 
-def _workbook(args: argparse.Namespace) -> int:
-    from retrylib.workbook import run_workbook
+def _table(attempts: Sequence[object]) -> str:
+    """The attempts as an aligned text table (no pandas: the CLI runs on the core install)."""
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, (list, tuple)):
+            v = "; ".join(map(str, v))
+        text = "" if v is None else str(v)
+        return text if len(text) <= 60 else text[:57] + "..."
 
-    only = [s.strip() for s in args.only.split(",")] if args.only else None
-    return run_workbook(params=args.params, only=only, output_dir=args.output_dir,
-                        cell_timeout=args.cell_timeout)
+    rows = [_COLUMNS] + [[cell(a.to_dict().get(c)) for c in _COLUMNS] for a in attempts]  # type: ignore[attr-defined]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-ctx", type=int, default=4096)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--log", default=None, help="server log file (default: a temp file)")
+    s.add_argument("--check", action="store_true",
+                   help="make one real completion, print it and stop (fails if the server crashes)")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("chaos", help="start the fault-injecting proxy and print its URL")
@@ -104,24 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("config", help="path to the YAML config")
     k.set_defaults(func=_call)
 
-    w = sub.add_parser("workbook", help="the verification workbook")
-    wsub = w.add_subparsers(dest="workbook_command", required=True)
-    r = wsub.add_parser("run", help="execute the notebooks with papermill and export the reports")
-    r.add_argument("--params", default="params/default.yaml", help="papermill parameter file (YAML)")
-    r.add_argument("--only", default=None, help="a subset of notebooks by number, e.g. 01,03")
-    r.add_argument("--output-dir", default="reports", help="where the reports go")
-    r.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default: from params)")
-    r.set_defaults(func=_workbook)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from retrylib.errors import ConfigError, ServerStartError
+    from retrylib.errors import ConfigError, MissingExtraError, ServerDiedError, ServerStartError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ServerStartError) as exc:
+    except (ConfigError, ServerStartError, ServerDiedError, MissingExtraError) as exc:
         print(f"retrylib: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,10 +1,11 @@
 """One async call function, two routes.
 
 - **litellm route** (any litellm model string: ``openai/smollm2``, ``anthropic/...``):
-  ``litellm.acompletion``, returning a ``ModelResponse``. litellm's cache applies.
+  ``litellm.acompletion``, returning a ``ModelResponse``. litellm's cache applies. Needs
+  the ``[litellm]`` extra; it is imported on the first call of this route only.
 - **proxy route** (model ``proxy/<name>``): a plain httpx POST to an OpenAI-compatible
   ``{api_base}/chat/completions``, returning the JSON dict exactly as received. The base URL
-  is the ``api_base`` argument, else ``$RETRYLIB_PROXY_URL``.
+  is the ``api_base`` argument, else ``$RETRYLIB_PROXY_URL``. Core install only.
 
 Provider-level retries are off on both routes (``num_retries=0``, ``max_retries=0``): only
 retrylib retries, so the requests a server receives equal the calls retrylib made.
@@ -21,16 +22,27 @@ from urllib.parse import urlparse
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import httpx
-import litellm
+import sys
+from types import ModuleType
 
-from retrylib import cache
+import httpx
+
+from retrylib._extras import require
 from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError
 
 PROXY_PREFIX = "proxy/"
 PROXY_URL_ENV = "RETRYLIB_PROXY_URL"
 _LOCAL_KEY = "sk-local-no-key"
 _DEFAULT_TIMEOUT = 600.0
+
+
+def _cache() -> ModuleType | None:
+    """retrylib's cache module when litellm is loaded (a cache exists only then), else None."""
+    if "litellm" not in sys.modules:
+        return None
+    from retrylib import cache
+
+    return cache if cache.cache_enabled() else None
 
 
 def is_proxy_model(model: str) -> bool:
@@ -82,8 +94,9 @@ async def acompletion(
     request = litellm_request(messages, model=model, api_base=api_base, api_key=api_key,
                               timeout=timeout, **kwargs)
     response = await _litellm_call(request)
-    if store and cache.cache_enabled():
-        await cache.store(response, request)
+    c = _cache()
+    if store and c is not None:
+        await c.store(response, request)
     return response
 
 
@@ -97,8 +110,10 @@ def litellm_request(messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, 
 
 async def _litellm_call(request: dict[str, Any]) -> Any:
     """Serve from retrylib's cache rules, else call litellm with its own caching off."""
-    if cache.cache_enabled():
-        hit = await cache.lookup(request)
+    litellm = require("litellm", f"the litellm route (model {request.get('model')!r})")
+    c = _cache()
+    if c is not None:
+        hit = await c.lookup(request)
         if hit is not None:
             return hit
     # litellm's own cache stays out of it, for reads and for its background writes.
@@ -161,7 +176,7 @@ class ModelCall:
     async def __call__(self, messages: list[dict[str, Any]], **kw: Any) -> Any:
         req = {"model": self.model, **self.defaults, **kw}
         response = await acompletion(messages, store=False, **req)
-        if not is_proxy_model(req["model"]) and cache.cache_enabled():
+        if not is_proxy_model(req["model"]) and _cache() is not None:
             self._pending[id(messages)] = (response, litellm_request(messages, **req))
             while len(self._pending) > 256:
                 self._pending.popitem(last=False)
@@ -170,12 +185,14 @@ class ModelCall:
     async def accept(self, messages: list[dict[str, Any]], **kw: Any) -> bool:
         """The loop accepted the answer to ``messages``: cache it."""
         pending = self._pending.pop(id(messages), None)
-        return pending is not None and await cache.store(*pending)
+        c = _cache()
+        return pending is not None and c is not None and await c.store(*pending)
 
     async def reject(self, messages: list[dict[str, Any]], **kw: Any) -> bool:
         """The loop rejected the answer to ``messages``: never serve it again."""
         pending = self._pending.pop(id(messages), None)
-        return pending is not None and await cache.reject(*pending)
+        c = _cache()
+        return pending is not None and c is not None and await c.reject(*pending)
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in self.defaults.items() if k != "api_key"}

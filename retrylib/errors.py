@@ -5,8 +5,13 @@
     RetrylibError
     ├── ConfigError (ValueError)      a programmer mistake: bad config, unknown validator type,
     │                                 bad notebook parameter. Raised before any call is made.
+    ├── MissingExtraError (ImportError)
+    │                                 a feature needs an optional dependency; names the extra.
     ├── ServerStartError (RuntimeError)
     │                                 the embedded model server could not start; quotes its log.
+    ├── ServerDiedError (RuntimeError)
+    │                                 the embedded model server died after it started (a
+    │                                 signal such as SIGSEGV, or an exit); quotes its log.
     ├── ExtractionError (ValueError)  no text could be read from a response. Inside the retry
     │                                 loop this is a failed validation ("empty response").
     ├── ProxyHTTPError                the proxy route got a non-2xx status. Carries status_code,
@@ -37,8 +42,40 @@ class ConfigError(RetrylibError, ValueError):
     """An invalid configuration. The message names the field and the rule it broke."""
 
 
+class MissingExtraError(RetrylibError, ImportError):
+    """A feature needs an optional dependency that is not installed.
+
+    Attributes:
+        extra: the ``retrylib[...]`` extra that brings it (``None`` if no extra does).
+    """
+
+    def __init__(self, message: str, extra: str | None = None):
+        super().__init__(message)
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.extra))
+
+
 class ServerStartError(RetrylibError, RuntimeError):
     """The embedded model server did not come up. The message quotes its log's tail."""
+
+
+class ServerDiedError(RetrylibError, RuntimeError):
+    """The embedded model server was running and then died.
+
+    Attributes:
+        returncode: the process's exit status (negative: killed by that signal).
+        signal_name: ``"SIGSEGV"`` and the like when a signal ended it, else ``None``.
+    """
+
+    def __init__(self, message: str, returncode: int | None = None, signal_name: str | None = None):
+        super().__init__(message)
+        self.returncode = returncode
+        self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.returncode, self.signal_name))
 
 
 class ExtractionError(RetrylibError, ValueError):
@@ -107,7 +144,7 @@ class RetryError(RetrylibError):
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
-def _rebuild(cls: type, message: str, state: dict[str, Any]) -> RetryError:
+def _rebuild(cls: type[RetryError], message: str, state: dict[str, Any]) -> RetryError:
     obj = cls.__new__(cls)
     Exception.__init__(obj, message)
     obj.__dict__.update(state)

@@ -24,12 +24,12 @@ import asyncio
 import copy
 import inspect
 import os
+import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import psutil
 from loguru import logger
 
 from retrylib.backoff import Backoff
@@ -59,6 +59,7 @@ from retrylib.extract import (
 )
 from retrylib.feedback import Exchange, build_messages, feedback_text
 from retrylib.result import Attempt, RetryResult, summarize
+from retrylib.testing.mode import MODE
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
 from retrylib.validators.combine import AllOf, _children, named_errors
 
@@ -71,6 +72,8 @@ class _Rss:
 
     ``psutil`` costs ~11 µs a read (it opens and parses a /proc file each time); a kept
     ``/proc/self/statm`` descriptor read with ``pread`` costs ~1 µs. Reopened after a fork.
+    Where there is no ``/proc`` (macOS), psutil is used if installed, else the peak RSS
+    from ``getrusage``.
     """
 
     def __init__(self) -> None:
@@ -84,7 +87,19 @@ class _Rss:
                 self._fd, self._pid = os.open("/proc/self/statm", os.O_RDONLY), pid
             return int(os.pread(self._fd, 64, 0).split()[1]) * _PAGE  # type: ignore[arg-type]
         except (OSError, ValueError, IndexError):
-            return int(psutil.Process(pid).memory_info().rss)
+            return _rss_without_proc()
+
+
+def _rss_without_proc() -> int:
+    try:
+        import psutil
+    except ImportError:
+        import resource
+
+        # ru_maxrss is the peak, in KiB on Linux and bytes on macOS: the best there is here.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(psutil.Process().memory_info().rss)
 
 
 _rss = _Rss()
@@ -124,6 +139,8 @@ class _Loop:
         self.last_messages: list[dict[str, Any]] = []
         self.has_k = config.max_attempts_before_constrained is not None
         schema = schema_from_validators(validators) if self.has_k else None
+        self.schema: dict[str, Any] | None
+        self.schema_dropped: list[str]
         self.schema, self.schema_dropped = grammar_safe_schema(schema) if schema else (None, [])
         self.constrained_off: str | None = None if self.schema else (
             "no validator provides a JSON schema" if self.has_k else None)
@@ -210,8 +227,10 @@ class _Loop:
         c = self.config
         backoff = Backoff(c)
         retry_after: float | None = None
-        last_kind = ""  # "transport" | "validation" | ""
-        for n in range(1, c.max_attempts + 1):
+        last_kind = ""  # "transport" | "rejected" (the route refused the schema) | "validation" | ""
+        # Test mode (retrylib.testing.set_testing) may cap the attempts, and skips the sleeps.
+        max_attempts = min(c.max_attempts, MODE.attempts) if MODE.testing and MODE.attempts else c.max_attempts
+        for n in range(1, max_attempts + 1):
             scheduled = slept = 0.0
             if n > 1:
                 planned = next(backoff)
@@ -229,7 +248,7 @@ class _Loop:
                     raise self.exhausted(
                         f"the deadline ({c.deadline}s) would pass during the {wait:.2f}s backoff "
                         f"before attempt {n}", "deadline")
-                if wait > 0:
+                if wait > 0 and not MODE.testing:
                     t = time.monotonic()
                     await asyncio.sleep(wait)  # CancelledError propagates: the call ends now
                     slept = time.monotonic() - t
@@ -325,7 +344,7 @@ class _Loop:
                 result.errors, suggestions, original_prompt=c.original_user_prompt,
                 tool_name=c.debug_tool_name if _LEVEL[next_stage] >= _TOOL else None)))
         raise self.exhausted(
-            f"all {c.max_attempts} attempts failed; last: "
+            f"all {max_attempts} attempts failed; last: "
             + ("; ".join(self.last_errors)[:300] if last_kind == "validation"
                else str((self.last_error or {}).get("message", ""))[:300]),
             "max_attempts")

@@ -128,8 +128,14 @@ class RetryResult:
 
 
 def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
-    """A DataFrame with one row per attempt (also used for failed calls' attempts)."""
-    import pandas as pd
+    """A DataFrame with one row per attempt (also used for failed calls' attempts).
+
+    Raises:
+        MissingExtraError: pandas is not installed (``pip install 'retrylib[workbook]'``).
+    """
+    from retrylib._extras import require
+
+    pd = require("pandas", "RetryResult.to_frame()")
 
     return pd.DataFrame([a.to_dict() for a in attempts])
 

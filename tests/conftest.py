@@ -13,8 +13,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import psutil
 import pytest
 
-from retrylib.chaos import ChaosProxy
-from retrylib.local import LocalModelServer
+from retrylib.testing.chaos import ChaosProxy
+from retrylib.testing.local import LocalModelServer
 
 
 @pytest.fixture(scope="session")

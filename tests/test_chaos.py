@@ -22,8 +22,8 @@ import httpx
 import litellm
 import pytest
 
-from retrylib.chaos import FAULTS, ChaosProxy, parse_plan
 from retrylib.errors import ConfigError
+from retrylib.testing.chaos import FAULTS, ChaosProxy, parse_plan
 
 MESSAGES = [{"role": "user", "content": "Say hello in one word."}]
 
@@ -368,7 +368,7 @@ def test_run_forever_prints_the_url_and_stops_on_sigterm():
     """run_forever (the CLI's engine) prints its URL line, serves, and exits on SIGTERM."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    code = "from retrylib.chaos import run_forever; run_forever(upstream=None, port=0)"
+    code = "from retrylib.testing.chaos import run_forever; run_forever(upstream=None, port=0)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()

@@ -23,7 +23,7 @@ import pytest
 from retrylib import MalformedResponseError, ProxyHTTPError, classify, parse_retry_after
 from retrylib.classify import error_facts, response_headers, status_of
 from retrylib.client import acompletion
-from retrylib.local import free_port
+from retrylib.testing.local import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 RETRYABLE = [408, 409, 429, 500, 502, 503, 504]

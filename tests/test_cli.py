@@ -207,7 +207,7 @@ def test_usage_error_exits_2(capsys):
 def test_import_leaves_litellm_until_a_name_needs_it():
     """`import retrylib` (and so every CLI start) does not pay litellm's import; the names
     that need it load it on first use and are then ordinary module attributes."""
-    code = ("import sys, retrylib, retrylib.local, retrylib.chaos, retrylib.manager\n"
+    code = ("import sys, retrylib, retrylib.testing.local, retrylib.testing.chaos, retrylib.manager\n"
             "assert 'litellm' not in sys.modules, 'litellm imported eagerly'\n"
             "from retrylib import make_call, llm_call, init_cache\n"
             "assert 'litellm' in sys.modules and retrylib.make_call is make_call\n"

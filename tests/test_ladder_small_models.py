@@ -22,7 +22,7 @@ from retrylib import (
     retry_with_validation,
 )
 from retrylib import validators as V
-from retrylib.local import LocalModelServer
+from retrylib.testing.local import LocalModelServer
 from retrylib.validators.base import ValidationContext
 
 TEXT = "Ann Lee, 34, moved to Valencia in March."

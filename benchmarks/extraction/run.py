@@ -41,8 +41,8 @@ from benchmarks.extraction.strategies import (
     brief,
     instructor_reask,
 )
-from retrylib.local import LocalModelServer
 from retrylib.manager import run_sync  # asyncio.run, or a thread inside Jupyter's loop
+from retrylib.testing.local import LocalModelServer
 
 QUICK_STRATEGIES = ("single_shot", "constrained", "ladder")
 

@@ -267,7 +267,10 @@ class JsonSchema:
     name = "json_schema"
 
     def __init__(self, schema: dict[str, Any]):
-        from jsonschema import exceptions, validators
+        from retrylib._extras import require
+
+        exceptions = require("jsonschema.exceptions", "validators.JsonSchema")
+        validators = require("jsonschema.validators", "validators.JsonSchema")
 
         if not isinstance(schema, dict):
             raise ConfigError(f"JsonSchema: schema must be a dict, not {type(schema).__name__}")

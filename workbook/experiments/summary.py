@@ -1,6 +1,6 @@
 """The final summary: a completion matrix built from what the other notebooks measured.
 
-It reads, for every verification task of :data:`retrylib.workbook.NOTEBOOKS`:
+It reads, for every verification task of :data:`workbook.runner.NOTEBOOKS`:
 
 - ``<results_dir>/<task>.results.json`` (written by :meth:`CheckRecorder.save`);
 - how its notebook ran: ``<results_dir>/workbook_run.json`` (the runner's record), or else
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from retrylib.workbook import NOTEBOOKS, RUN_FILE, NotebookSpec
+from workbook.runner import NOTEBOOKS, RUN_FILE, NotebookSpec
 
 TASKS: tuple[NotebookSpec, ...] = tuple(s for s in NOTEBOOKS if s.task != "final_summary")
 COMPLETE, INCOMPLETE = "COMPLETE", "INCOMPLETE"
@@ -212,7 +212,7 @@ def limitations(matrix: pd.DataFrame, record: dict[str, Any] | None, quick: bool
         " (SmolLM2-135M, a deliberately weak model: its failures make the retries real, but its "
         "success rates say nothing about larger models)." if "smollm2" in model else "."))
     if record is None:
-        out.append("No workbook_run.json: the notebooks were not run by `retrylib workbook run`.")
+        out.append("No workbook_run.json: the notebooks were not run by `python -m workbook run`.")
     bad = matrix[matrix["status"] == INCOMPLETE]
     for (task, failure), grp in bad.groupby(["task", "failure"], sort=False):
         why = " ".join(str(failure).split())[:300]
@@ -232,7 +232,7 @@ def environment_info(record: dict[str, Any] | None, model: str, api_base: str | 
 
     import psutil
 
-    from retrylib.checks import environment
+    from workbook.checks import environment
 
     env = environment()
     rows = {"model": model, "api_base": api_base, "quick": quick, "seed": seed,

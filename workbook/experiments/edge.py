@@ -5,7 +5,7 @@ says exactly which requests arrived and which fault each one got. Each function 
 rows that say what happened (the attempt log) and how the call recovered or ended.
 
 Arguments shared by the functions: ``env`` is the notebook's
-:class:`~retrylib.experiments.Session`; ``max_tokens`` bounds the model's answers.
+:class:`~workbook.experiments.Session`; ``max_tokens`` bounds the model's answers.
 A scenario row has ``scenario``, ``route``, ``plan``, ``outcome``, ``attempts``,
 ``requests`` (journaled for its key), ``recovered_on``, ``first_outcome``,
 ``first_retryable``, ``what_happened`` (the attempt log), ``faults_on_wire`` and ``seconds``.
@@ -26,12 +26,12 @@ from typing import Any
 import pandas as pd
 
 from retrylib import validators as V
-from retrylib.chaos import ChaosProxy, parse_plan
 from retrylib.client import make_call
 from retrylib.config import RetryConfig
 from retrylib.declarative import llm_call
-from retrylib.experiments.integration import _run, _user, attempt_log
-from retrylib.local import free_port
+from retrylib.testing.chaos import ChaosProxy, parse_plan
+from retrylib.testing.local import free_port
+from workbook.experiments.integration import _run, _user, attempt_log
 
 RUN = uuid.uuid4().hex[:6]  # keys unique to this kernel: a shared proxy may serve other runs
 #: The sample sizes ``quick=True`` caps.
@@ -134,7 +134,7 @@ async def refused(env: Any, max_tokens: int, up_after: float = 0.3) -> list[dict
 
 def config_cases() -> list[tuple[str, Callable[[], Any], tuple[str, ...]]]:
     """(case, what to build, the words the error must name)."""
-    from retrylib.params import check_params
+    from workbook.params import check_params
 
     return [
         ("max_attempts=0", lambda: RetryConfig(max_attempts=0), ("max_attempts",)),

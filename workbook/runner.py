@@ -12,7 +12,7 @@
 
 A notebook that fails still gets its reports, with the error visible; the run goes on and
 the summary (always last) shows its checks as INCOMPLETE. Notebooks validate their own
-parameters in their first cell with :func:`retrylib.params.check_params`, so a bad value
+parameters in their first cell with :func:`workbook.params.check_params`, so a bad value
 shows up as a ``ConfigError`` naming the parameter, in that notebook's report.
 """
 
@@ -31,8 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrylib.errors import ConfigError
-from retrylib.params import Rule, between, check_params, list_of, of_type, one_of
-from retrylib.reports import export_reports
+from workbook.params import Rule, between, check_params, list_of, of_type, one_of
+from workbook.reports import export_reports
 
 __all__ = ["NOTEBOOKS", "NotebookSpec", "Rule", "WorkbookParams", "between", "check_params",
            "export_reports", "list_of", "load_params", "of_type", "one_of", "run_workbook",
@@ -194,8 +194,8 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
     """
     from tqdm.auto import tqdm
 
-    from retrylib.chaos import ChaosProxy
-    from retrylib.local import LocalModelServer
+    from retrylib.testing.chaos import ChaosProxy
+    from retrylib.testing.local import LocalModelServer
 
     cfg = load_params(params)
     specs = select_notebooks(only)

@@ -6,7 +6,7 @@ reaches EOF and this process exits, so a model server never outlives its owner. 
 PR_SET_PDEATHSIG cannot do this reliably: it fires when the *thread* that started the
 child exits, and servers are often started from worker threads (``asyncio.to_thread``).
 
-Run by path, not as ``retrylib._orphan_guard``: importing the package would import
+Run by path, not as ``retrylib.testing._orphan_guard``: importing the package would import
 litellm, which costs seconds at every server start.
 """
 

@@ -6,7 +6,7 @@ passes through unchanged or gets a fault, chosen by a *plan*. The proxy keeps a 
 every request it received, so tests assert on what actually went over the wire rather than
 on what a client says it did. It binds to 127.0.0.1 only.
 
-The fault catalogue and the plan grammar are in :mod:`retrylib.faults`.
+The fault catalogue and the plan grammar are in :mod:`retrylib.testing.faults`.
 
 Control endpoints (JSON, never journaled): ``GET /_chaos/health``,
 ``GET /_chaos/journal?key=K``, ``POST /_chaos/plan`` with ``{"plan": ..., "key": K}``,
@@ -27,11 +27,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from retrylib._extras import require
 from retrylib.errors import ConfigError
-from retrylib.faults import ERROR_TYPES, FAULTS, Fault, completion, parse_fault, parse_plan
+from retrylib.testing.faults import ERROR_TYPES, FAULTS, Fault, completion, parse_fault, parse_plan
+
+aiohttp = require("aiohttp", "the fault proxy (retrylib.testing.chaos)")
+from aiohttp import web  # noqa: E402
 
 __all__ = ["FAULTS", "ChaosClient", "ChaosProxy", "Fault", "parse_fault", "parse_plan", "run_forever"]
 

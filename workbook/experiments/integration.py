@@ -6,7 +6,7 @@ check and plot. What went over the wire is read back from the proxy's journal, p
 ``X-Chaos-Key``, never taken from what a client says it sent.
 
 Arguments shared by the functions: ``env`` is the notebook's
-:class:`~retrylib.experiments.Session` (model, fault proxy); ``seed`` seeds the model's
+:class:`~workbook.experiments.Session` (model, fault proxy); ``seed`` seeds the model's
 sampling; ``max_tokens`` bounds each answer. A run dict (from ``_run``) holds ``outcome``
 (``ok`` or the error's class name), ``result``, ``attempts``, ``metrics``, ``error`` and ``wall``.
 """
@@ -383,8 +383,8 @@ async def route_costs(calls: int) -> pd.DataFrame:
         One row per call: ``route``, ``inside_ms`` (the attempt's duration), ``server_ms``
         (the proxy's), ``client_ms`` (the difference).
     """
-    from retrylib.chaos import ChaosProxy
     from retrylib.client import make_call
+    from retrylib.testing.chaos import ChaosProxy
 
     rows = []
     with ChaosProxy(upstream=None, upstream_free=True) as proxy:

@@ -23,8 +23,8 @@ from retrylib import RetryConfig, backoff_schedule, classify, disable_cache, ini
 from retrylib.backoff import base_delay
 from retrylib.errors import ExtractionError, RetryError
 from retrylib.extract import extract_text
-from retrylib.local import free_port
 from retrylib.manager import retry_with_validation
+from retrylib.testing.local import free_port
 from retrylib.validators import FieldsPresent, JsonObject, ValidationResult
 
 litellm.suppress_debug_info = True  # its "Give Feedback" banner would bury the notebook output

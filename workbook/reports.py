@@ -47,7 +47,7 @@ def export_reports(executed: Path, out: Path, report: str, entry: dict[str, Any]
 
 
 def status_line(entry: dict[str, Any], params_file: str) -> str:
-    head = (f"> Executed by `retrylib workbook run` at {entry['started_at']} "
+    head = (f"> Executed by `python -m workbook run` at {entry['started_at']} "
             f"({entry['seconds']:.0f} s, params `{Path(params_file).name}`): ")
     err = entry["error"]
     if not err:

@@ -12,10 +12,10 @@ import atexit
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrylib.chaos import ChaosClient, ChaosProxy
 from retrylib.client import make_call
 from retrylib.errors import ConfigError
-from retrylib.local import LocalModelServer
+from retrylib.testing.chaos import ChaosClient, ChaosProxy
+from retrylib.testing.local import LocalModelServer
 
 
 @dataclass

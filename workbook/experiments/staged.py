@@ -17,7 +17,8 @@ import pandas as pd
 import yaml
 
 from retrylib import ConfigError, HumanReviewNeededError, RetryConfig, backoff_schedule, llm_call
-from retrylib.experiments.core import (
+from retrylib.validators import FieldsPresent, JsonObject
+from workbook.experiments.core import (
     MCP_CONFIG,
     TOOL_NAME,
     attempts_of,
@@ -26,7 +27,6 @@ from retrylib.experiments.core import (
     new_key,
     run,
 )
-from retrylib.validators import FieldsPresent, JsonObject
 
 BAD_REPLY = "Sure! The answer is forty-two."  # never JSON, so JsonObject always fails
 ASK = [{"role": "user", "content": "Reply with a JSON object holding the key answer."}]
