@@ -83,12 +83,17 @@ def looks_like_schema_rejection(status_code: int | None, retryable: bool, reason
     """Did a route refuse the constrained request itself (rather than fail in transit)?
 
     llama.cpp's server rejects OpenAI's ``json_schema`` form, and litellm reports that as a
-    500; a provider without schema support answers 400/422. A refused connection or a
-    timeout is not a rejection.
+    500; a provider without schema support answers 400/422, or litellm refuses the parameter
+    before sending (``UnsupportedParamsError``, no status). A refused connection, a timeout,
+    an exceeded context window and any other status (401, 403, 404, 429, 503...) are not:
+    they say nothing about the schema.
     """
-    if reason.startswith(("connection", "timeout")):
+    if status_code is None:
+        return not retryable and reason in ("unsupported parameters", "bad request",
+                                            "unprocessable entity")
+    if reason.startswith(("connection", "timeout", "context window", "content policy")):
         return False
-    return (not retryable) or status_code in (400, 422, 500, 501)
+    return status_code in (400, 422, 500, 501)
 
 
 def asks_for_schema(response_format: Any) -> bool:

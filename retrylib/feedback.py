@@ -13,6 +13,8 @@ growth of long retry chains.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +71,11 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The messages of the next attempt: the original ones, then the replayed failures.
 
-    Each message dict is a new (shallow) copy, so a route that edits what it sends cannot
-    reach ``base``; ``retry_with_validation`` deep-copies the caller's messages once, up
-    front, so nothing of the caller's is ever shared or mutated.
+    Each message dict is a new copy, deep when it holds lists or dicts (content parts,
+    ``tool_calls``), so a route that edits what it sends cannot reach ``base`` or a later attempt;
+    ``retry_with_validation`` deep-copies the caller's messages once, up front, so nothing of
+    the caller's is ever shared or mutated. (Strings are immutable: most messages cost one
+    dict copy.)
 
     Args:
         base: the caller's messages.
@@ -81,7 +85,8 @@ def build_messages(
     Returns:
         A new list of new dicts.
     """
-    out = [dict(m) for m in base]
+    out = [copy.deepcopy(m) if any(isinstance(v, list | dict) for v in m.values()) else dict(m)
+           for m in base]
     replay = history if policy == "full" else history[-1:]
     for ex in replay:
         # llama.cpp's server answers 500 to an assistant message whose content is None.

@@ -165,7 +165,9 @@ class _Loop:
         history = self.history[self.history_from:] if self.history_from else self.history
         msgs = build_messages(self.base, history, c.feedback_history)
         kw = dict(self.call_kwargs)
-        facts: dict[str, Any] = {"constrained": self.caller_constrains, "mcp": False, "note": None}
+        # "grammar": retrylib itself put the schema in this request (so it can take it out again).
+        facts: dict[str, Any] = {"constrained": self.caller_constrains, "grammar": False,
+                                 "mcp": False, "note": None}
         if c.attempt_timeout is not None:
             kw.setdefault("timeout", c.attempt_timeout)
         if self.response_format is not None:
@@ -174,7 +176,7 @@ class _Loop:
         if level >= _CONSTRAINED and self.has_k:
             if self.schema is not None and self.constrained_off is None:
                 kw["response_format"] = response_format_for(self.schema, c.constrained_format)
-                facts["constrained"] = True
+                facts["constrained"] = facts["grammar"] = True
                 if self.schema_dropped:
                     facts["note"] = "left to the validators: " + "; ".join(self.schema_dropped)
             else:
@@ -277,7 +279,7 @@ class _Loop:
                 verdict = classify(exc)
                 self.last_error = error_facts(exc, verdict)
                 note = facts["note"]
-                if facts["constrained"] and looks_like_schema_rejection(
+                if facts["grammar"] and looks_like_schema_rejection(
                         verdict.status_code, verdict.retryable, verdict.reason):
                     # The route refused the schema: skip the stage and retry at once.
                     self.constrained_off = f"route rejected response_format ({verdict.error_type} {verdict.status_code})"
@@ -317,7 +319,8 @@ class _Loop:
                 self.record(common)
                 await self._verdict_to_route("accept", msgs, kw)
                 return RetryResult(content=text or "", response=response, parsed=result.parsed,
-                                   attempts=list(self.attempts), metrics={})
+                                   attempts=list(self.attempts), metrics={},
+                                   accepted_attempt=self.attempts[-1].number)
             self.failures += 1
             retry_after, last_kind = None, "validation"
             self.last_errors = list(result.errors)

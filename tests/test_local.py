@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -263,3 +264,56 @@ def test_server_dies_with_a_killed_owner(tmp_path):
         assert not alive, f"server {server_pid} outlived its killed owner"
     finally:
         owner.kill()
+
+
+def test_a_server_that_dies_after_startup_is_named(tmp_path):
+    """A server killed by SIGSEGV after start-up: check() says "model server died (SIGSEGV, exit 139)"."""
+    import signal
+
+    from retrylib import ServerDiedError
+
+    srv = LocalModelServer("smollm2", log_path=tmp_path / "server.log")
+    srv.start()
+    try:
+        srv.check()  # alive: nothing to say
+        os.kill(srv.process.pid, signal.SIGSEGV)  # the signal a crashing llama.cpp build gets
+        srv.process.wait(10)
+        with pytest.raises(ServerDiedError) as info:
+            srv.check()
+        assert "model server died (SIGSEGV, exit 139)" in str(info.value)
+        assert str(tmp_path / "server.log") in str(info.value)
+        assert "GGML_NATIVE=OFF" in str(info.value)  # says what to do
+        assert info.value.returncode == -11 and info.value.signal_name == "SIGSEGV"
+        deadline = time.monotonic() + 5
+        while srv.died is None and time.monotonic() < deadline:  # the watcher saw it on its own
+            time.sleep(0.05)
+        assert srv.died is info.value or srv.died is not None
+    finally:
+        srv.stop()
+    assert srv.process is None
+
+
+def test_completion_check_names_a_crash(tmp_path):
+    """completion_check on a server that crashed raises ServerDiedError, not a connection error."""
+    import signal
+
+    from retrylib import ServerDiedError
+    from retrylib.testing.local import completion_check
+
+    with LocalModelServer("smollm2", log_path=tmp_path / "server.log") as srv:
+        text, seconds = completion_check(srv, max_tokens=4)
+        assert text.strip() and seconds > 0
+        os.kill(srv.process.pid, signal.SIGSEGV)
+        with pytest.raises(ServerDiedError, match=r"SIGSEGV, exit 139"):
+            completion_check(srv, max_tokens=4)
+
+
+def test_serve_check_makes_one_real_completion():
+    """`retrylib serve --check` (the last step of `make setup`) prints one real answer and exits 0."""
+    out = subprocess.run([sys.executable, "-m", "retrylib.cli", "serve", "--check"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"model server smollm2: one completion in [0-9.]+s: '.+'", out.stdout), out.stdout
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "llama_cpp.server" in " ".join(p.info["cmdline"] or [])
+                and p.ppid() == os.getpid()]

@@ -25,7 +25,15 @@ from retrylib.testing.exceptions import (
     timeout_error,
 )
 from retrylib.testing.mode import is_testing, set_testing
-from retrylib.testing.scripted import Delay, Request, ScriptedCall, ScriptExhausted, reply, scripted
+from retrylib.testing.scripted import (
+    Delay,
+    Request,
+    ScriptedCall,
+    ScriptExhausted,
+    Text,
+    reply,
+    scripted,
+)
 
 if TYPE_CHECKING:
     from retrylib.testing.chaos import ChaosClient, ChaosProxy
@@ -55,6 +63,7 @@ __all__ = [
     "Request",
     "ScriptExhausted",
     "ScriptedCall",
+    "Text",
     "connection_error",
     "connection_refused",
     "connection_reset",

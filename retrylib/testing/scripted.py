@@ -18,8 +18,9 @@ test reads the whole transcript the loop sent (the re-ask messages, the constrai
 Script items:
 
 - ``str``: an OpenAI chat-completion dict with that content (see :func:`reply`);
+- :class:`Text`: the bare string, as a plain-text route returns it (``reply(t, shape="text")``);
 - a ``dict`` or any other object: returned as is (an Anthropic dict, a litellm
-  ``ModelResponse``, a plain ``str`` via ``reply(text, shape="text")``...);
+  ``ModelResponse``...);
 - an exception instance: raised (build genuine ones with :mod:`retrylib.testing.exceptions`);
 - :class:`Delay`: wait, then serve its item; a delay beyond the request's ``timeout`` raises
   the route's timeout error at the timeout, as a real client does;
@@ -46,6 +47,13 @@ Shape = Literal["openai", "anthropic", "text"]
 
 class ScriptExhausted(AssertionError):
     """The call got more requests than its script has items (a test's expectation failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A reply served as the bare string ``text`` (a plain-text route), not as an OpenAI dict."""
+
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +94,14 @@ def reply(content: str | None, *, shape: Shape = "openai", finish_reason: str = 
     Args:
         content: the text (``None``: a message without content, which the loop calls empty).
         shape: ``openai`` (a chat-completion dict), ``anthropic`` (a messages dict) or
-            ``text`` (the bare string, as a plain-text route returns).
+            ``text`` (a :class:`Text`: the bare string, as a plain-text route returns).
         finish_reason: ``stop``, or ``length`` for an answer cut at ``max_tokens``.
         tokens: (prompt, completion) token counts; by default a word count.
         model: the model the response names.
         tool_calls: OpenAI ``tool_calls`` for the message.
     """
     if shape == "text":
-        return content
+        return Text(content or "")
     tin, tout = tokens if tokens is not None else (8, len((content or "").split()))
     if shape == "anthropic":
         return {"id": "msg_scripted", "type": "message", "role": "assistant", "model": model,
@@ -178,6 +186,8 @@ class ScriptedCall:
                 item = item(messages, **kwargs)
                 if inspect.isawaitable(item):
                     item = await item
+            elif isinstance(item, Text):
+                return item.text
             elif isinstance(item, str):
                 return reply(item, model=kwargs.get("model") or self.model or "scripted")
             else:
