@@ -14,7 +14,6 @@ growth of long retry chains.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
