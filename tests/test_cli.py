@@ -205,12 +205,15 @@ def test_usage_error_exits_2(capsys):
 
 
 def test_import_leaves_litellm_until_a_name_needs_it():
-    """`import retrylib` (and so every CLI start) does not pay litellm's import; the names
-    that need it load it on first use and are then ordinary module attributes."""
+    """`import retrylib` (and so every CLI start) does not pay litellm's import, nor does
+    binding a call; the cache, which needs it, loads it on first use."""
     code = ("import sys, retrylib, retrylib.testing.local, retrylib.testing.chaos, retrylib.manager\n"
             "assert 'litellm' not in sys.modules, 'litellm imported eagerly'\n"
-            "from retrylib import make_call, llm_call, init_cache\n"
-            "assert 'litellm' in sys.modules and retrylib.make_call is make_call\n"
+            "from retrylib import make_call, llm_call\n"
+            "make_call('openai/smollm2', api_base='http://127.0.0.1:9/v1')\n"
+            "assert 'litellm' not in sys.modules, 'make_call imported litellm'\n"
+            "from retrylib import init_cache\n"
+            "assert 'litellm' in sys.modules and retrylib.init_cache is init_cache\n"
             "assert {'make_call', 'llm_call', 'acompletion'} <= set(dir(retrylib))\n"
             "try:\n    retrylib.nope\nexcept AttributeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

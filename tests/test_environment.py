@@ -1,4 +1,4 @@
-"""environment.yml mirrors pyproject.toml."""
+"""environment.yml mirrors pyproject.toml (and the lab's pins in .ci/constraints.txt)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,21 @@ def _parse(req: str) -> tuple[str, str]:
     return _norm(m.group(1)), version
 
 
-def _pyproject() -> dict[str, str]:
+def _constraints() -> dict[str, str]:
+    lines = (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+    return dict(_parse(ln) for ln in lines if ln.strip() and not ln.startswith("#"))
+
+
+def _pyproject(pinned: bool = True) -> dict[str, str]:
+    """Every package pyproject.toml names; with ``pinned``, the lab's pin where it has one."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = list(data["project"]["dependencies"])
     for extra in data["project"].get("optional-dependencies", {}).values():
         reqs += extra
     reqs += data["tool"]["retrylib"]["no-deps-packages"]
-    return dict(_parse(r) for r in reqs)
+    out = dict(_parse(r) for r in reqs)
+    out.pop("retrylib", None)  # the `all` extra names the project's own extras
+    return {**out, **_constraints()} if pinned else out
 
 
 def _environment() -> dict[str, str]:
@@ -72,3 +80,24 @@ def test_environment_installs_the_project():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip[-1] == "-e ."
     assert "python=3.11" in env["dependencies"]
+
+
+def test_constraints_fit_the_ranges():
+    """Each pin in .ci/constraints.txt is a version pyproject.toml's range admits."""
+    from packaging.specifiers import SpecifierSet
+
+    ranges = _pyproject(pinned=False)
+    for name, pin in _constraints().items():
+        assert name in ranges, f"{name} is pinned in constraints.txt but not a dependency"
+        assert SpecifierSet(ranges[name]).contains(pin.removeprefix("==")), (name, pin, ranges[name])
+
+
+def test_core_dependencies_are_small():
+    """The core install has no compiler step, Jupyter, llama.cpp or pandas, and no exact pins."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    core = dict(_parse(r) for r in data["project"]["dependencies"])
+    heavy = {"llama-cpp-python", "jupyterlab", "papermill", "nbconvert", "pandas", "matplotlib",
+             "litellm", "ipykernel", "aiohttp"}
+    assert not heavy & set(core), heavy & set(core)
+    assert not [n for n, v in core.items() if v.startswith("==")]
+    assert "litellm" in data["project"]["optional-dependencies"]["litellm"][0]
