@@ -121,7 +121,7 @@ def environment() -> dict[str, Any]:
     import os
     from importlib.metadata import PackageNotFoundError, version
 
-    pkgs = {}
+    pkgs: dict[str, str | None] = {}
     for name in ("retrylib", "litellm", "llama-cpp-python", "pydantic", "papermill", "nbconvert",
                  "pandas", "matplotlib", "instructor"):
         try:

@@ -278,7 +278,7 @@ def plot_concurrency_timeline(conc: dict[str, Any]) -> Any:
             ax.plot([xs[0], xs[-1]], [r.call, r.call], color="lightgrey", lw=0.8, zorder=1)
         for x, f in zip(xs, r.faults, strict=True):
             name = "reply:…" if f.startswith("reply:") else f.split(":")[0]
-            colors.setdefault(name, palette(len(colors) % 20))
+            colors.setdefault(name, palette(len(colors) % 20))  # type: ignore[arg-type]
             ax.scatter(x, r.call, s=9, color=colors[name], zorder=2)
     for name, c in colors.items():
         ax.scatter([], [], color=c, label=name)

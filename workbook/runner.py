@@ -258,10 +258,16 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
                 nb_params = {**injected, **runs_param, **cfg.notebooks.get(spec.stem, {})}
                 entry = _run_one(spec, path, runs, out, nb_params, kernel, timeout, record)
             record["notebooks"].append(entry)
+            died = _server_death(server)
+            if died:  # every later notebook would only fail with connection errors: say why
+                record["server_died"] = died
             _write_record(out, record)
             tqdm.write(f"{spec.stem}: {entry['status']} in {entry['seconds']:.1f}s"
                        + (f" ({entry['error']['ename']}: {entry['error']['evalue'][:200]})"
                           if entry["error"] else ""))
+            if died:
+                tqdm.write(f"workbook: stopping, the {died}")
+                break
         bar.close()
     finally:
         if proxy is not None:
@@ -277,6 +283,19 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
     print(f"workbook: {sum(e['status'] == 'ok' for e in record['notebooks'])}/{len(specs)} notebooks "
           f"ran without error in {t1 - t0:.0f}s; reports in {out}")
     return record["exit_code"]
+
+
+def _server_death(server: Any) -> str | None:
+    """The death notice of the workbook's model server, if it died during the run."""
+    from retrylib.errors import ServerDiedError
+
+    if server is None:
+        return None
+    try:
+        server.check()
+    except ServerDiedError as exc:
+        return str(exc)
+    return None
 
 
 def _entry(spec: NotebookSpec, status: str, **kw: Any) -> dict[str, Any]:

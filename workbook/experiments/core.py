@@ -248,7 +248,7 @@ async def retry_after_experiment(env: Any, tokens: Sequence[str] = ("429:retry-a
         rows.append({"token": tok, "asked": second.retry_after if second else None,
                      "scheduled": second.scheduled_delay if second else None,
                      "slept": second.slept if second else None,
-                     "wire_gap": (wire_gaps(journal) or [None])[0], "requests": len(journal),
+                     "wire_gap": next(iter(wire_gaps(journal)), None), "requests": len(journal),
                      "ok": result is not None})
     return pd.DataFrame(rows)
 
@@ -282,7 +282,8 @@ async def _sdk_requests(env: Any, token: str, attempts: int) -> tuple[int, str]:
     async with openai.AsyncOpenAI(base_url=env.chaos.url, api_key="sk-local-no-key",
                                   max_retries=attempts - 1, default_headers=headers) as client:
         try:
-            await client.chat.completions.create(model=env.proxy_model, messages=PING, max_tokens=4)
+            await client.chat.completions.create(model=env.proxy_model, messages=PING,  # type: ignore[arg-type]
+                                                 max_tokens=4)
             raised = ""
         except openai.OpenAIError as exc:
             raised = type(exc).__name__
@@ -455,7 +456,7 @@ def feedback_rows(journal: Sequence[Mapping[str, Any]], prompt: str | None,
         fb = last_user(body) if n > 1 else ""
         rows.append({"request": n, "messages": len(msgs), "fault": e["fault"],
                      "errors_listed": sum(ln[:1].isdigit() and ". " in ln[:4] for ln in fb.splitlines()),
-                     "has_original_prompt": bool(prompt) and n > 1 and prompt in fb,
+                     "has_original_prompt": bool(prompt) and n > 1 and (prompt or "") in fb,
                      "has_tool_suggestion": f"`{tool}`" in fb, "mcp_config": "mcp_config" in body,
                      "replayed_answer": msgs[-2].get("content") if n > 1 and len(msgs) > 1 else None,
                      "feedback": fb})

@@ -172,7 +172,7 @@ async def invalid_configs(env: Any) -> pd.DataFrame:
         One row per case: ``case``, ``raised`` (class name or ``None``), ``names`` (the words
         the message must hold), ``names_it``, ``message`` and ``requests`` (the last case).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for case, build, words in config_cases():
         try:
             build()

@@ -123,7 +123,8 @@ async def passthrough(env: Any, seed: int, max_tokens: int) -> tuple[pd.DataFram
             if name == "extra_headers":
                 got = [{k: e["headers"].get(k.lower()) for k in value} for e in journal]
             else:
-                got = [e["body"].get(name) if isinstance(e["body"], dict) else None for e in journal]
+                got = [e["body"].get(name) if isinstance(e["body"], dict) else None  # type: ignore[misc]
+                       for e in journal]
             rows.append({"route": label, "parameter": name, "sent": json.dumps(value),
                          "received": json.dumps(got[0]) if got else None,
                          "arrived": bool(got) and all(g == value for g in got)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -169,7 +169,7 @@ def human_context(exc: HumanReviewNeededError) -> dict[str, Any]:
 def pickle_roundtrip(exc: HumanReviewNeededError) -> pd.DataFrame:
     """Pickle and unpickle the error; compare every field a reviewer needs."""
     back = pickle.loads(pickle.dumps(exc))
-    fields = {
+    fields: dict[str, Callable[[Any], Any]] = {
         "type": lambda e: type(e).__name__, "reason": lambda e: e.reason, "str": str,
         "attempts": lambda e: [a.to_dict() for a in e.attempts], "messages": lambda e: e.messages,
         "last_text": lambda e: e.last_text, "validation_errors": lambda e: e.validation_errors,
