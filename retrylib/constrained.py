@@ -1,14 +1,20 @@
 """The constrained-decoding stage: a JSON schema sent as ``response_format``.
 
 Small models rarely repair JSON from feedback; a grammar built from the schema makes the
-server emit only text that fits it. Two hazards, measured on llama-cpp-python 0.3.36:
+server emit only text that fits it. Hazards, measured on llama-cpp-python 0.3.36 (details in
+:mod:`retrylib.patterns`):
 
 - a ``pattern`` holding regex escapes (``\\d``, ``\\s``, ``\\.``) makes the server segfault
-  while it builds the grammar; and a ``pattern`` without ``^…$`` is silently ignored;
-- the grammar does not enforce ``minimum``/``maximum`` and is not airtight.
+  while it builds the grammar, and so does a repeat with more than 1000 optional parts
+  (``maxLength - minLength > 1000``, ``{0,5000}``);
+- a ``pattern`` without ``^…$`` (or with ``(?:``) makes the server silently fall back to a
+  plain-JSON grammar for the whole schema;
+- the grammar holds neither ``minimum``/``maximum`` nor most ``format`` values.
 
-So the stage sends a *grammar-safe* copy of the schema (unsafe patterns dropped) and every
-constrained answer still goes through the validators, which hold the full rules.
+So the stage sends a *grammar-safe* copy of the schema: patterns rewritten into a form the
+grammar holds (:func:`retrylib.patterns.grammar_pattern`), ``email``/``ipv4``/``hostname``/
+``uri`` formats turned into patterns, and what cannot be held removed and named. The
+validators keep the original schema and still check every constrained answer.
 """
 
 from __future__ import annotations
@@ -17,40 +23,125 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-# Constructs the grammar builder cannot hold safely; they are left to the validators.
-_UNSAFE_PATTERN_CHARS = ("\\",)
+from retrylib.patterns import MAX_SPAN, Unsupported, grammar_pattern
+
+# Keys whose value maps names to subschemas (a property called "pattern" is no keyword).
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VERBATIM = ("enum", "const", "default", "examples", "required")  # values, not schemas
+_UNHELD_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+# Formats llama.cpp's converter holds itself; the ones below it ignores, so they go in as
+# patterns. Both are looser than the validators (a date of 2025-02-31 gets through).
+_NATIVE_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3",
+                            "uuid4", "uuid5"})
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+FORMAT_PATTERNS = {
+    "email": rf"^[\w%+-]+(\.[\w%+-]+)*@({_LABEL}\.)+[A-Za-z]{{2,}}$",
+    "ipv4": rf"^({_OCTET}\.){{3}}{_OCTET}$",
+    "hostname": rf"^({_LABEL}\.)*{_LABEL}$",
+    # scheme://authority, then an optional path, query or fragment
+    "uri": (r"^[A-Za-z][A-Za-z0-9+.-]*://[\w.~%!$&'()*+,;=:@-]+"
+            r"([/?#][\w.~%!$&'()*+,;=:@/?#\[\]-]*)?$"),
+}
+# Keywords that only mean something for one type of a ``"type": [...]`` list.
+_TYPED = ("pattern", "format", "minLength", "maxLength", "items", "prefixItems", "properties",
+          "additionalProperties", "minItems", "maxItems")
 
 
 def grammar_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """A copy of ``schema`` that llama.cpp's grammar builder can take without crashing.
+
+    Patterns are rewritten (not dropped), convertible formats become patterns, and only
+    what the grammar cannot hold is removed or named: ``minimum``/``maximum``/
+    ``exclusiveMinimum``/``exclusiveMaximum``/``multipleOf``, patterns that cannot be
+    rewritten (lookarounds, backreferences, ``\\b``, ``\\p{..}``), other formats, a
+    ``maxLength``/``maxItems`` more than 1000 above its minimum, and ``minLength``/
+    ``maxLength``/``format`` beside a pattern (the grammar follows the pattern alone).
+    ``schema`` itself is not changed.
 
     Args:
         schema: a JSON schema (``model_json_schema()`` output, say).
 
     Returns:
         ``(safe_schema, dropped)``: the copy, and a list of ``"path: what"`` strings naming
-        each constraint removed (for the attempt's note).
+        each constraint the grammar does not hold (for the attempt's note).
     """
     dropped: list[str] = []
 
-    def walk(node: Any, path: str) -> Any:
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for k, v in node.items():
-                if k == "pattern" and isinstance(v, str) and _unsafe_pattern(v):
-                    dropped.append(f"{path or '/'}: pattern {v!r}")
-                    continue
-                out[k] = walk(v, f"{path}/{k}")
-            return out
-        if isinstance(node, list):
-            return [walk(v, f"{path}/{i}") for i, v in enumerate(node)]
-        return copy.copy(node)
+    def visit(node: Any, path: str) -> Any:
+        if not isinstance(node, dict):
+            return copy.deepcopy(node)
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            sub = f"{path}/{key}"
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {k: visit(v, f"{sub}/{k}") for k, v in value.items()}
+            elif key in _VERBATIM:
+                out[key] = copy.deepcopy(value)
+            elif key in _UNHELD_NUMBERS and isinstance(value, int | float):
+                dropped.append(f"{path or '/'}: {key} {value}")
+            elif isinstance(value, list):
+                out[key] = [visit(v, f"{sub}/{i}") for i, v in enumerate(value)]
+            else:
+                out[key] = visit(value, sub)
+        _bounds(out, path or "/", dropped)
+        _string(out, path or "/", dropped)
+        return _split_type_list(out)
 
-    return walk(schema, ""), dropped
+    return visit(schema, ""), dropped
 
 
-def _unsafe_pattern(p: str) -> bool:
-    return any(c in p for c in _UNSAFE_PATTERN_CHARS)
+def _bounds(node: dict[str, Any], where: str, dropped: list[str]) -> None:
+    """Remove a maximum so far above its minimum that llama.cpp's grammar parser fails."""
+    for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        lo, hi = node.get(low, 0), node.get(high)
+        if isinstance(hi, int) and isinstance(lo, int) and hi - lo > MAX_SPAN:
+            del node[high]
+            dropped.append(f"{where}: {high} {hi} (over {MAX_SPAN} above {low})")
+
+
+def _string(node: dict[str, Any], where: str, dropped: list[str]) -> None:
+    """Rewrite the node's pattern (or its format, as a pattern) for the grammar."""
+    kind = node.get("type", "string")
+    if kind != "string" and not (isinstance(kind, list) and "string" in kind):
+        return  # pattern and format only constrain strings
+    pattern, fmt = node.get("pattern"), node.get("format")
+    if isinstance(pattern, str):
+        what = f"pattern {pattern!r}"
+        if isinstance(fmt, str):
+            dropped.append(f"{where}: format {fmt!r} (the grammar follows the pattern)")
+    elif fmt in FORMAT_PATTERNS:
+        pattern, what = FORMAT_PATTERNS[fmt], f"format {fmt!r}"
+    else:
+        if isinstance(fmt, str) and fmt not in _NATIVE_FORMATS:
+            dropped.append(f"{where}: format {fmt!r}")
+        return
+    bound = node.get("maxLength")
+    try:
+        node["pattern"], notes = grammar_pattern(pattern, bound if isinstance(bound, int) else None)
+    except Unsupported as exc:
+        node.pop("pattern", None)
+        dropped.append(f"{where}: {what} ({exc})")
+        return
+    dropped += [f"{where}: {what}: {note}" for note in notes]
+    if "minLength" in node:
+        dropped.append(f"{where}: minLength {node['minLength']} (beside a pattern, not held)")
+    if "maxLength" in node:
+        dropped.append(f"{where}: maxLength {node['maxLength']} (beside a pattern, held only as "
+                       "a bound on each of its repeats)")
+
+
+def _split_type_list(node: dict[str, Any]) -> dict[str, Any]:
+    """``{"type": ["string", "null"], "pattern": p}`` as an ``anyOf`` of one type each.
+
+    llama.cpp's converter turns a type list into bare types, losing pattern, bounds, etc.
+    """
+    types = node.get("type")
+    if (not isinstance(types, list) or not any(k in node for k in _TYPED)
+            or any(k in node for k in ("anyOf", "oneOf", "allOf", "$ref", "enum", "const"))):
+        return node
+    rest = {k: v for k, v in node.items() if k != "type"}
+    return {"anyOf": [{**copy.deepcopy(rest), "type": t} for t in types]}
 
 
 def response_format_for(schema: dict[str, Any], form: str = "llama_cpp") -> dict[str, Any]:

@@ -477,14 +477,19 @@ async def test_constrained_stage_skipped_without_a_schema_providing_validator():
 
 
 async def test_constrained_stage_sends_a_grammar_safe_schema_and_says_what_it_dropped():
-    """A regex pattern with escapes is dropped from the sent schema and named in the note."""
-    call = ScriptedCall(['{"code": "12"}'])
+    """An escaped pattern is sent rewritten; a bound the grammar cannot hold is in the note."""
+
+    class CodeAndCount(Code):
+        count: int = Field(le=9)
+
+    call = ScriptedCall(['{"code": "12", "count": 3}'])
     cfg = fast(max_attempts_before_constrained=0)
-    result = await retry_with_validation(call, PROMPT, [V.PydanticSchema(Code)], cfg)
+    result = await retry_with_validation(call, PROMPT, [V.PydanticSchema(CodeAndCount)], cfg)
     sent = call.requests[0].kwargs["response_format"]["schema"]
-    assert "pattern" not in sent["properties"]["code"]
-    assert sent["required"] == ["code"]
-    assert result.attempts[0].note.startswith("left to the validators: /properties/code: pattern")
+    assert sent["properties"]["code"]["pattern"] == "^[0-9]+$"
+    assert "maximum" not in sent["properties"]["count"]
+    assert sent["required"] == ["code", "count"]
+    assert result.attempts[0].note == "left to the validators: /properties/count: maximum 9"
 
 
 async def test_transport_errors_do_not_climb_the_ladder(testing):
