@@ -26,6 +26,7 @@ EXTRA_OF = {
     "matplotlib": "workbook",
     "papermill": "workbook",
     "psutil": "workbook",
+    "PIL": "images",
 }
 
 

@@ -208,6 +208,10 @@ class HumanReviewNeededError(RetryError):
         validation_errors: the errors of the last failed validation.
         config: the ``RetryConfig`` as a dict.
         reason: one line saying why a human is needed.
+        context: what the original design's ``PoCHumanReviewNeededError.context`` held, for a
+            declarative call (``llm_call``): ``original_llm_config``, ``last_response``,
+            ``attempt`` (and ``error`` when the last attempt failed in transport); ``{}`` for
+            a call made with ``retry_with_validation``. Plain data, so it pickles.
     """
 
     def __init__(
@@ -221,9 +225,11 @@ class HumanReviewNeededError(RetryError):
         validation_errors: list[str] | None = None,
         config: dict[str, Any] | None = None,
         last_error: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
     ):
         super().__init__(reason, attempts=attempts, last_error=last_error)
         self.reason = reason
+        self.context = dict(context or {})
         self.messages = list(messages or [])
         self.last_response = last_response
         self.last_text = last_text

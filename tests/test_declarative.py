@@ -13,6 +13,7 @@ import yaml
 
 from retrylib import ConfigError, RetryResult, llm_call, llm_call_sync, load_llm_config
 from retrylib.declarative import LLMCallConfig, plan
+from retrylib.messages import JSON_INSTRUCTION
 from retrylib.validators import JsonObject, RegexMatch, ResponseNotEmpty
 
 MESSAGES = [{"role": "user", "content": "Reply with the word good."}]
@@ -220,7 +221,8 @@ async def test_litellm_keywords_pass_through(chaos):
     body = entry["body"]
     assert (body["temperature"], body["max_tokens"], body["top_p"], body["seed"]) == (0.25, 33, 0.9, 5)
     assert body["response_format"] == {"type": "json_object"}
-    assert body["messages"] == MESSAGES
+    # The original design adds its JSON system line for response_format json_object.
+    assert body["messages"] == [{"role": "system", "content": JSON_INSTRUCTION}, *MESSAGES]
     assert entry["headers"]["x-caller"] == "declarative"
     for key in ("retry_config", "validation", "default_validate"):  # retrylib's own keys stay home
         assert key not in body

@@ -13,11 +13,14 @@ that returns a :class:`ValidationResult`. Those that know a JSON schema (``Pydan
 ``JsonSchema``, and ``AllOf``/``AnyOf`` over them) also have ``json_schema()``.
 """
 
+from retrylib.validators.agent import AgentTask
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
 from retrylib.validators.code import PythonCode, extract_code
 from retrylib.validators.combine import AllOf, AnyOf, Soft
+from retrylib.validators.contradiction import ContradictionCheck
 from retrylib.validators.grounded import Grounded
 from retrylib.validators.judge import LLMJudge
+from retrylib.validators.original import FieldPresent, JsonString
 from retrylib.validators.registry import (
     build_validator,
     build_validators,
@@ -37,12 +40,16 @@ from retrylib.validators.structured import (
 from retrylib.validators.text import LengthRange, RegexMatch, ResponseNotEmpty, fenced_blocks
 
 __all__ = [
+    "AgentTask",
     "AllOf",
     "AnyOf",
+    "ContradictionCheck",
+    "FieldPresent",
     "FieldsPresent",
     "Grounded",
     "JsonObject",
     "JsonSchema",
+    "JsonString",
     "LLMJudge",
     "LengthRange",
     "PydanticSchema",

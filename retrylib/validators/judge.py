@@ -3,7 +3,9 @@
 The judge's own call goes through ``retry_with_validation`` (its reply must be JSON with a
 ``pass`` field), one level deeper than the call it judges. Its result is appended to
 ``context.subresults``, so its API calls and tokens show up in the outer call's metrics.
-``retrylib.client`` and ``retrylib.manager`` are imported inside the methods: the manager
+:func:`depth_refusal` and :func:`consult` do that part for every validator that asks a model
+(``LLMJudge`` here, the original design's ``agent_task`` in ``retrylib.validators.agent``).
+``retrylib.client`` and ``retrylib.manager`` are imported inside the functions: the manager
 imports the validators package, so a module-level import would be a cycle.
 """
 
@@ -43,6 +45,71 @@ def _as_bool(value: Any) -> bool | None:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     return None
+
+
+def depth_refusal(context: ValidationContext, max_depth: int, who: str) -> ValidationResult | None:
+    """A failure when a validator that calls a model may not run at this depth, else ``None``.
+
+    Args:
+        context: the context of the answer being judged.
+        max_depth: the validator's own limit (the context's ``max_depth`` applies too).
+        who: what the error line calls the validator ("LLM judge", ...).
+    """
+    limit = min(max_depth, context.max_depth)
+    if context.depth >= limit:
+        return ValidationResult.fail(
+            f"{who} not run: the validator depth limit ({limit}) is reached at depth "
+            f"{context.depth}"
+        )
+    return None
+
+
+async def consult(
+    call: Any,
+    messages: list[dict[str, Any]],
+    validators: list[Any],
+    config: Any,
+    context: ValidationContext,
+    who: str,
+    **call_kwargs: Any,
+) -> Any:
+    """Run a validator's own model call, one validator depth deeper, and count it.
+
+    Args:
+        call: the call function of the validating model.
+        messages: what it is sent.
+        validators: what its reply must pass.
+        config: the ``RetryConfig`` of that call.
+        context: the context of the answer being judged; the call's ``RetryResult`` (or its
+            attempts, when it failed) is appended to ``context.subresults``.
+        who: what the error line calls the model ("the LLM judge (openai/m)", ...).
+        **call_kwargs: passed to every attempt (``response_format``, ``mcp_config``, ...).
+
+    Returns:
+        The ``RetryResult``, or a failed ``ValidationResult`` saying why there is no reply.
+    """
+    from retrylib.errors import RetryError
+    from retrylib.manager import retry_with_validation
+    from retrylib.result import RetryResult, summarize
+
+    try:
+        result = await retry_with_validation(call, messages, validators=validators, config=config,
+                                             depth=context.depth + 1, **call_kwargs)
+    except RetryError as exc:
+        # The failed calls still cost calls: count them in the outer metrics.
+        context.subresults.append(
+            RetryResult(
+                content="",
+                response=None,
+                attempts=list(exc.attempts),
+                metrics=summarize(list(exc.attempts), [], "normal", None),
+            )
+        )
+        return ValidationResult.fail(
+            f"{who} gave no usable verdict: {type(exc).__name__}: {shorten(str(exc), 200)}"
+        )
+    context.subresults.append(result)
+    return result
 
 
 def _first_user_prompt(messages: list[dict[str, Any]]) -> str | None:
@@ -127,44 +194,21 @@ class LLMJudge:
         ]
 
     async def validate(self, text: str, context: ValidationContext) -> ValidationResult:
-        limit = min(self.max_depth, context.max_depth)
-        if context.depth >= limit:
-            return ValidationResult.fail(
-                f"LLM judge not run: the validator depth limit ({limit}) is reached at depth {context.depth}"
-            )
+        refused = depth_refusal(context, self.max_depth, "LLM judge")
+        if refused is not None:
+            return refused
         from retrylib.client import make_call
         from retrylib.config import RetryConfig
-        from retrylib.errors import RetryError
-        from retrylib.manager import retry_with_validation
-        from retrylib.result import RetryResult, summarize
 
         call = make_call(
             self.model, api_base=self.api_base, api_key=self.api_key, **self.call_kwargs
         )
         config = self.config or RetryConfig(max_attempts=3, initial_delay=0.0)
-        try:
-            result = await retry_with_validation(
-                call,
-                self.messages_for(text, context),
-                validators=[JsonObject(), FieldsPresent(["pass"])],
-                config=config,
-                depth=context.depth + 1,
-            )
-        except RetryError as exc:
-            # The judge's failed calls still cost calls: count them in the outer metrics.
-            context.subresults.append(
-                RetryResult(
-                    content="",
-                    response=None,
-                    attempts=list(exc.attempts),
-                    metrics=summarize(list(exc.attempts), [], "normal", None),
-                )
-            )
-            return ValidationResult.fail(
-                f"the LLM judge ({self.model}) gave no usable verdict: "
-                f"{type(exc).__name__}: {shorten(str(exc), 200)}"
-            )
-        context.subresults.append(result)
+        result = await consult(call, self.messages_for(text, context),
+                               [JsonObject(), FieldsPresent(["pass"])], config, context,
+                               f"the LLM judge ({self.model})")
+        if isinstance(result, ValidationResult):
+            return result
         verdict = result.parsed if isinstance(result.parsed, dict) else {}
         passed = _as_bool(verdict.get("pass"))
         reason = str(verdict.get("reason") or "").strip()

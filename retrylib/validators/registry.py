@@ -7,8 +7,12 @@ A spec is one of:
 - a validator that is already built, which passes through unchanged.
 
 The names of the original design (``response_not_empty``, ``json_string``,
-``field_present``, ``agent_task``) still work, next to the new ones. ``register`` adds
-your own.
+``field_present``, ``agent_task``, ``ai_contradiction_check``) mean what they meant there,
+with the original's params (``field_name``/``present``/``expected_value``,
+``task_prompt_to_claude``/``validation_model_alias``/``mcp_config``/``success_criteria``...);
+``field_present`` and ``agent_task`` also take retrylib's params (``field``/``fields``, an
+``LLMJudge``'s ``model``/``rubric``). retrylib's own names (``json_object``,
+``fields_present``, ``llm_judge``...) keep retrylib's meanings. ``register`` adds your own.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from retrylib.errors import ConfigError
+from retrylib.validators.agent import AgentTask
 from retrylib.validators.base import Validator
 from retrylib.validators.code import PythonCode
 from retrylib.validators.combine import AllOf, AnyOf, Soft
+from retrylib.validators.contradiction import ContradictionCheck
 from retrylib.validators.grounded import Grounded
 from retrylib.validators.judge import LLMJudge
+from retrylib.validators.original import FieldPresent, JsonString
 from retrylib.validators.structured import FieldsPresent, JsonObject, JsonSchema, PydanticSchema
 from retrylib.validators.text import LengthRange, RegexMatch, ResponseNotEmpty
 
@@ -167,6 +174,52 @@ def _fields(field: str | None = None, fields: list[str] | None = None) -> Fields
     return FieldsPresent(field if field is not None else fields)  # type: ignore[arg-type]
 
 
+def _field_present(field_name: str | None = None, present: bool = True, expected_value: Any = None,
+                   field: str | None = None, fields: list[str] | None = None) -> Validator:
+    """The original's form (``field_name``, ``present``, ``expected_value``) or retrylib's."""
+    if field_name is not None:
+        if field is not None or fields is not None:
+            raise ConfigError("give 'field_name' (the original design's form) or 'field'/'fields' "
+                              "(dotted paths), not both")
+        return FieldPresent(field_name, expected_value=expected_value, present=present)
+    if present is not True or expected_value is not None:
+        raise ConfigError("'present' and 'expected_value' go with 'field_name'")
+    if field is None and fields is None:
+        raise ConfigError("give 'field_name' (one key), or exactly one of 'field' (one path) "
+                          "and 'fields' (a list)")
+    return _fields(field, fields)
+
+
+_DEFAULT_AGENT = "max/generic_agent_validator"  # the original's default validation model
+
+
+def _agent_task(task_prompt_to_claude: str | None = None,
+                validation_model_alias: str = _DEFAULT_AGENT,
+                mcp_config: dict[str, Any] | None = None,
+                success_criteria: dict[str, Any] | None = None,
+                model: str | None = None, **judge_params: Any) -> Validator:
+    """The original's agent task (``task_prompt_to_claude``), or an ``LLMJudge`` (``model``)."""
+    if task_prompt_to_claude is not None:
+        if model is not None or judge_params:
+            extra = sorted({"model", *judge_params} if model is not None else judge_params)
+            raise ConfigError(f"unknown params {extra} next to 'task_prompt_to_claude' (params: "
+                              "task_prompt_to_claude, validation_model_alias, mcp_config, "
+                              "success_criteria)")
+        return AgentTask(task_prompt_to_claude, validation_model_alias, mcp_config,
+                         success_criteria)
+    original = {"validation_model_alias": validation_model_alias != _DEFAULT_AGENT,
+                "mcp_config": mcp_config is not None,
+                "success_criteria": success_criteria is not None}
+    if model is not None and any(original.values()):
+        raise ConfigError(f"{sorted(k for k, v in original.items() if v)} go with "
+                          "'task_prompt_to_claude', not with an LLM judge's 'model'")
+    if model is None:
+        got = f" (got: {', '.join(sorted(judge_params))})" if judge_params else ""
+        raise ConfigError("give 'task_prompt_to_claude' (the original design's agent task) or "
+                          f"'model' and 'rubric' (an LLM judge){got}")
+    return _judge(model, **judge_params)
+
+
 def _pydantic(model: str | type) -> PydanticSchema:
     return PydanticSchema(import_object(model) if isinstance(model, str) else model)
 
@@ -218,9 +271,10 @@ def _grounded(source: str, schema: Any = None, exempt: list[str] | None = None,
 
 _BUILTINS: dict[str, Factory] = {
     "response_not_empty": ResponseNotEmpty,
-    "json_string": JsonObject,
-    "field_present": _fields,
-    "agent_task": _judge,
+    "json_string": JsonString,
+    "field_present": _field_present,
+    "agent_task": _agent_task,
+    "ai_contradiction_check": ContradictionCheck,
     "json_object": JsonObject,
     "fields_present": _fields,
     "pydantic_schema": _pydantic,
