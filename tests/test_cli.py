@@ -144,7 +144,8 @@ def test_call_bad_config_from_the_command_line(tmp_path):
 
 
 def test_call_failing_run_prints_attempts_and_exits_2(chaos, tmp_path, capsys):
-    """A call that runs out of attempts returns 2 and prints its attempts table on stderr."""
+    """A call that runs out of attempts returns 2 and prints its attempts table on stderr; as in
+    the original design, running out of attempts means human review."""
     chaos.set_plan(["reply:no digits", "reply:still none"])
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -155,7 +156,8 @@ def test_call_failing_run_prints_attempts_and_exits_2(chaos, tmp_path, capsys):
     }))
     assert main(["call", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("RetryExhaustedError: all 2 attempts failed")
+    assert err.startswith("HumanReviewNeededError: 2 answers failed validation "
+                          "(max_attempts_before_human=2)")
     assert err.count("validation_failed") == 2
     assert len(chaos.journal()) == 2
 
