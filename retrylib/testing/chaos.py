@@ -29,6 +29,7 @@ from typing import Any
 
 from retrylib._extras import require
 from retrylib.errors import ConfigError
+from retrylib.testing._context import StartStop
 from retrylib.testing.faults import ERROR_TYPES, FAULTS, Fault, completion, parse_fault, parse_plan
 
 aiohttp = require("aiohttp", "the fault proxy (retrylib.testing.chaos)")
@@ -49,7 +50,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response(body, status=status, headers=headers)
 
 
-class ChaosProxy:
+class ChaosProxy(StartStop):
     """A fault-injecting OpenAI-compatible proxy, served from a daemon thread.
 
     Args:
@@ -173,18 +174,6 @@ class ChaosProxy:
                 loop.call_soon_threadsafe(stopping.set)
         thread.join()
         self._thread = None
-
-    def __enter__(self) -> ChaosProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> ChaosProxy:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()

