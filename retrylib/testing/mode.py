@@ -17,19 +17,11 @@ apply) and only skips the sleep, so ``Attempt.slept`` is 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
 
+from retrylib._testmode import MODE
+from retrylib._testmode import Mode as _Mode
 from retrylib.errors import ConfigError
-
-
-@dataclass(slots=True)
-class _Mode:
-    testing: bool = False
-    attempts: int | None = None
-
-
-MODE = _Mode()
 
 
 class _Restore:
