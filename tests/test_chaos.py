@@ -23,7 +23,7 @@ import litellm
 import pytest
 
 from retrylib.errors import ConfigError
-from retrylib.testing.chaos import FAULTS, ChaosProxy, parse_plan
+from retrylib.testing.chaos import FAULTS, ChaosProxy, parse_fault, parse_plan
 
 MESSAGES = [{"role": "user", "content": "Say hello in one word."}]
 
@@ -387,3 +387,23 @@ def test_only_loopback():
     """The proxy refuses to bind anywhere but 127.0.0.1."""
     with pytest.raises(ConfigError):
         ChaosProxy(upstream=None, host="0.0.0.0")
+
+
+@pytest.mark.parametrize(("token", "words"), [
+    ("reply", "reply needs its content after a colon"),
+    ("429:retry-after=nan", "retry-after needs a finite number >= 0, got 'nan'"),
+    ("429:retry-after=inf", "retry-after needs a finite number >= 0, got 'inf'"),
+    ("503:retry-after-ms=-5", "retry-after-ms needs a finite number >= 0"),
+    ("429:x-should-retry=maybe", "x-should-retry is true or false"),
+    ("hang:inf", "is not a finite number of seconds"),
+])
+def test_malformed_fault_tokens_are_refused_by_name(token, words):
+    """Plan tokens that would send nonsense headers or hang forever are ConfigErrors naming them."""
+    with pytest.raises(ConfigError) as info:
+        parse_fault(token)
+    assert words in str(info.value) and repr(token) in str(info.value)
+
+
+def test_reply_with_empty_content_is_still_allowed():
+    """`reply:` (a colon, nothing after it) is an explicit empty reply, unlike a bare `reply`."""
+    assert parse_fault("reply:").content == ""

@@ -36,6 +36,7 @@ Keys let concurrent tests share one proxy without taking each other's faults.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -107,6 +108,9 @@ def parse_fault(token: str | Fault) -> Fault:
     name, sep, arg = raw.partition(":")
     name = name.strip().lower()
     if name == "reply":
+        if not sep:  # "reply" alone is a typo for "reply:" (an empty reply is "empty")
+            raise ConfigError(f"chaos fault {raw!r}: reply needs its content after a colon, "
+                              "as in 'reply:hello' (an empty completion is the fault 'empty')")
         # The content is verbatim: stripping it would change what tests assert on.
         return Fault(raw, "reply", content=str(token).lstrip().partition(":")[2])
     known = ", ".join(FAULTS)
@@ -118,8 +122,8 @@ def parse_fault(token: str | Fault) -> Fault:
         seconds = None
         with contextlib.suppress(ValueError):
             seconds = float(arg) if sep else None
-        if sep and (seconds is None or seconds < 0):
-            raise ConfigError(f"chaos fault {raw!r}: {arg!r} is not a number of seconds >= 0")
+        if sep and (seconds is None or not math.isfinite(seconds) or seconds < 0):
+            raise ConfigError(f"chaos fault {raw!r}: {arg!r} is not a finite number of seconds >= 0")
         return Fault(raw, name, seconds=seconds)
     if sep:
         raise ConfigError(f"chaos fault {raw!r}: {name!r} takes no options; known faults: {known}")
@@ -134,11 +138,18 @@ def _parse_options(raw: str, arg: str) -> tuple[tuple[str, str], ...]:
         if key not in _STATUS_OPTIONS or not eq or not value:
             raise ConfigError(f"chaos fault {raw!r}: bad option {part!r}; "
                               f"known options: {', '.join(_STATUS_OPTIONS)} (as name=value)")
-        if key != "x-should-retry":
+        if key == "x-should-retry":
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"chaos fault {raw!r}: x-should-retry is true or false, "
+                                  f"got {value!r}")
+        else:
             try:
-                float(value)
+                number = float(value)
             except ValueError:
-                raise ConfigError(f"chaos fault {raw!r}: {key} needs a number, got {value!r}") from None
+                number = math.nan
+            if not math.isfinite(number) or number < 0:
+                raise ConfigError(f"chaos fault {raw!r}: {key} needs a finite number >= 0, "
+                                  f"got {value!r}")
         options.append((key, value))
     return tuple(options)
 
