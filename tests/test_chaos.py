@@ -407,3 +407,21 @@ def test_malformed_fault_tokens_are_refused_by_name(token, words):
 def test_reply_with_empty_content_is_still_allowed():
     """`reply:` (a colon, nothing after it) is an explicit empty reply, unlike a bare `reply`."""
     assert parse_fault("reply:").content == ""
+
+
+@pytest.mark.parametrize("port", [99999, -1, "8080", 1.5])
+def test_bad_port_is_a_config_error(port):
+    """A port outside 0–65535 (or not an int) is refused before anything binds, naming it."""
+    with pytest.raises(ConfigError, match="port must be an integer from 0"):
+        ChaosProxy(upstream=None, port=port)
+
+
+def test_cli_bad_port_exits_2_without_a_traceback():
+    """`retrylib chaos --upstream-free --port 99999` says what is wrong and exits 2."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "retrylib.cli", "chaos", "--upstream-free",
+                          "--port", "99999"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "port must be an integer from 0" in out.stderr and "Traceback" not in out.stderr

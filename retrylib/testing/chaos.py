@@ -20,6 +20,7 @@ import contextlib
 import copy
 import email.utils
 import json
+import math
 import signal
 import threading
 import time
@@ -73,6 +74,12 @@ class ChaosProxy(StartStop):
                  hang_seconds: float = 30.0):
         if host not in ("127.0.0.1", "localhost"):
             raise ConfigError(f"the chaos proxy binds to loopback only, not {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"the chaos proxy's port must be an integer from 0 (any free port) "
+                              f"to 65535, got {port!r}")
+        if not (isinstance(hang_seconds, int | float) and math.isfinite(hang_seconds)
+                and hang_seconds >= 0):
+            raise ConfigError(f"hang_seconds must be a finite number >= 0, got {hang_seconds!r}")
         self.upstream = upstream.rstrip("/") if upstream else None
         self.host, self.port = "127.0.0.1", int(port)
         self.upstream_free = upstream_free or upstream is None
