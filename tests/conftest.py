@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded model (once per session) and the fault proxy (per test).
+"""Shared fixtures: the embedded model (once per session), the fault proxy (per test), and the
+workbook's runs (once per session: test_workbook.py and test_reports.py read the same run).
 
 Everything here is a real server on 127.0.0.1. The session ends by checking that no
 process this test run started is still alive. If the model server dies mid-session (a
@@ -9,12 +10,16 @@ instead of failing every later test with a connection error.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import psutil
 import pytest
+import yaml
 
 from retrylib.errors import ServerDiedError
 from retrylib.testing.chaos import ChaosProxy
@@ -73,6 +78,41 @@ def chaos_free():
     """A fault proxy with no upstream (scripted replies and faults only, full speed)."""
     with ChaosProxy(upstream=None, upstream_free=True) as proxy:
         yield proxy
+
+
+def _workbook_run(out: Path, params: Path, only: list[str]) -> SimpleNamespace:
+    from workbook.runner import run_workbook
+
+    rc = run_workbook(params=params, only=only, output_dir=out)
+    record = json.loads((out / "workbook_run.json").read_text())
+    return SimpleNamespace(rc=rc, out=out, record=record,
+                           entries={e["stem"]: e for e in record["notebooks"]})
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """Every notebook that exists, executed once with params/quick.yaml (the suite's one
+    workbook run: the runner tests and the report tests read it)."""
+    from workbook.runner import NOTEBOOKS, NOTEBOOKS_DIR
+
+    present = [s.number for s in NOTEBOOKS if (NOTEBOOKS_DIR / f"{s.stem}.ipynb").is_file()]
+    out = tmp_path_factory.mktemp("workbook") / "reports"
+    return _workbook_run(out, Path(__file__).resolve().parent.parent / "params" / "quick.yaml", present)
+
+
+@pytest.fixture(scope="session")
+def failed_run(tmp_path_factory):
+    """01 with a bad parameter (seed -1), then the summary; a params file written to tmp."""
+    from workbook.runner import NOTEBOOKS_DIR
+
+    if not (NOTEBOOKS_DIR / "01_core_retry.ipynb").is_file():
+        pytest.skip("notebooks/01_core_retry.ipynb does not exist yet")
+    quick = Path(__file__).resolve().parent.parent / "params" / "quick.yaml"
+    tmp = tmp_path_factory.mktemp("workbook_bad")
+    params = yaml.safe_load(quick.read_text())
+    params["notebooks"]["01_core_retry"] = {"seed": -1}
+    (tmp / "bad.yaml").write_text(yaml.safe_dump(params))
+    return _workbook_run(tmp / "reports", tmp / "bad.yaml", ["01", "05"])
 
 
 def _server_children() -> list[psutil.Process]:

@@ -1,5 +1,6 @@
 """The workbook runner: papermill runs the notebooks, nbconvert writes the reports, the
-summary accounts for every check. The notebooks run once per module, with params/quick.yaml,
+summary accounts for every check. The notebooks run once per session (the ``quick_run`` and
+``failed_run`` fixtures of conftest.py, shared with test_reports.py), with params/quick.yaml,
 against the embedded model and the fault proxy the runner starts itself."""
 
 from __future__ import annotations
@@ -7,11 +8,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import nbformat
 import pytest
-import yaml
 
 from retrylib.errors import ConfigError
 from workbook.experiments import summary
@@ -29,13 +28,6 @@ def notebook(test):
     return pytest.mark.notebook(pytest.mark.timeout(1800)(test))
 
 
-def _run(out: Path, params: Path, only: list[str]) -> SimpleNamespace:
-    rc = run_workbook(params=params, only=only, output_dir=out)
-    record = json.loads((out / "workbook_run.json").read_text())
-    return SimpleNamespace(rc=rc, out=out, record=record,
-                           entries={e["stem"]: e for e in record["notebooks"]})
-
-
 def _png_outputs(executed: str) -> int:
     nb = nbformat.read(executed, as_version=4)
     return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
@@ -49,25 +41,6 @@ def _output_text(nb) -> str:
             parts += [o.get("text", ""), *o.get("traceback", []),
                       *(str(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))]
     return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(parts))
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """Every notebook that exists, executed once with params/quick.yaml."""
-    out = tmp_path_factory.mktemp("workbook") / "reports"
-    return _run(out, QUICK, [s.number for s in PRESENT])
-
-
-@pytest.fixture(scope="module")
-def failed_run(tmp_path_factory):
-    """01 with a bad parameter (seed -1), then the summary; a params file written to tmp."""
-    if not (NOTEBOOKS_DIR / "01_core_retry.ipynb").is_file():
-        pytest.skip("notebooks/01_core_retry.ipynb does not exist yet")
-    tmp = tmp_path_factory.mktemp("workbook_bad")
-    params = yaml.safe_load(QUICK.read_text())
-    params["notebooks"]["01_core_retry"] = {"seed": -1}
-    (tmp / "bad.yaml").write_text(yaml.safe_dump(params))
-    return _run(tmp / "reports", tmp / "bad.yaml", ["01", "05"])
 
 
 # -- the quick run ---------------------------------------------------------------------------
@@ -86,8 +59,7 @@ def test_every_notebook_ran_without_error(quick_run):
 
 @notebook
 def test_results_files_hold_checks_with_evidence(quick_run):
-    """Each notebook wrote <task>.results.json with at least one check, each with name,
-    a computed bool `passed` and an evidence dict."""
+    """Each notebook wrote <task>.results.json: checks with a name, a computed bool `passed`, evidence."""
     problems = {}  # every notebook is inspected: one broken notebook must not hide another
     for spec in PRESENT:
         path = quick_run.out / f"{spec.task}.results.json"
@@ -106,14 +78,14 @@ def test_results_files_hold_checks_with_evidence(quick_run):
 
 @notebook
 def test_markdown_reports_hide_code_and_keep_figures(quick_run):
-    """Each notebook, failed or not, has <report>.md with its run status on top and no code;
-    every figure it drew is a PNG in <report>_files/ that the markdown links to."""
+    """Each <report>.md opens with its title and run status, shows no code, and links one PNG per figure."""
     problems: dict[str, list[str]] = {}
     for spec in PRESENT:
         entry, p = quick_run.entries[spec.stem], problems.setdefault(spec.stem, [])
         md = (quick_run.out / f"{spec.report}.md").read_text()
-        if not md.startswith("> Executed by `python -m workbook run`"):
-            p.append("no status line on top")
+        head = [ln for ln in md.splitlines() if ln.strip()][:2]
+        if not (head[0].startswith("# ") and head[1].startswith("> Executed by `python -m workbook run`")):
+            p.append(f"no title and status line on top: {head}")
         if "# Parameters" in md:
             p.append("the injected-parameters cell leaked into the report")
         nb = nbformat.read(entry["executed"], as_version=4)
@@ -176,14 +148,15 @@ def test_failed_notebook_is_reported_and_the_run_goes_on(failed_run):
     assert "'seed'" in nb01["error"]["evalue"]
     assert nb05["status"] == "ok", nb05["error"]
     md = (failed_run.out / "task_001_task_1_core_retry.md").read_text()
-    assert "**FAILED**" in md.splitlines()[0] and "ConfigError: notebook parameter 'seed'" in md
+    status = [ln for ln in md.splitlines() if ln.strip()][1]  # the line under the title
+    assert "**FAILED**" in status and "ConfigError: notebook parameter 'seed'" in status
+    assert "No checks recorded by this run" in md
     assert (failed_run.out / "task_001_task_1_core_retry.html").is_file()
 
 
 @notebook
 def test_summary_shows_the_failed_notebook_as_incomplete(failed_run):
-    """The failed task's rows are INCOMPLETE with the error as the reason, and the summary's
-    own 'fresh results' check fails."""
+    """The failed task's rows are INCOMPLETE, the error as reason; the summary's fresh-results check fails."""
     data = json.loads((failed_run.out / "final_summary.results.json").read_text())
     rows = [r for r in data["matrix"] if r["task"] == "core_retry"]
     assert rows and all(r["status"] == "INCOMPLETE" for r in rows)

@@ -8,10 +8,13 @@
                                                        papermill ─> runs/<stem>.ipynb
                                                        nbconvert ─> <report>.md, <report>_files/,
                                                                     <report>.html  (reports.py)
-                                                       ─> workbook_run.json (after every notebook)
+                                                       ─> workbook_run.json, index.html and
+                                                          README.md (after every notebook; index.py)
 
 A notebook that fails still gets its reports, with the error visible; the run goes on and
-the summary (always last) shows its checks as INCOMPLETE. Notebooks validate their own
+the summary (always last) shows its checks as INCOMPLETE. Each report leads with its verdict
+(status, checks, main figure); the index joins them. A new notebook joins the run, the
+summary and the index by one :class:`NotebookSpec` line in :data:`NOTEBOOKS`. Notebooks validate their own
 parameters in their first cell with :func:`workbook.params.check_params`, so a bad value
 shows up as a ``ConfigError`` naming the parameter, in that notebook's report.
 """
@@ -31,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrylib.errors import ConfigError
+from workbook.index import run_facts, write_index
 from workbook.params import Rule, between, check_params, list_of, of_type, one_of
 from workbook.reports import export_reports
 
@@ -227,6 +231,9 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
         "seconds": None, "kernel_name": kernel, "cell_timeout": timeout,
         "common": common.model_dump(), "api_base": common.api_base, "chaos_url": None,
         "server": None, "notebooks": [], "exit_code": None,
+        "selected": [{"number": s.number, "stem": s.stem, "task": s.task, "report": s.report}
+                     for s in specs],
+        **run_facts(),
     }
     # A non-inline MPLBACKEND in the kernel's environment removes every figure from the reports.
     saved_backend = os.environ.pop("MPLBACKEND", None)
@@ -262,6 +269,7 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
             if died:  # every later notebook would only fail with connection errors: say why
                 record["server_died"] = died
             _write_record(out, record)
+            write_index(out, record)
             tqdm.write(f"{spec.stem}: {entry['status']} in {entry['seconds']:.1f}s"
                        + (f" ({entry['error']['ename']}: {entry['error']['evalue'][:200]})"
                           if entry["error"] else ""))
@@ -280,8 +288,9 @@ def run_workbook(params: str | Path = "params/default.yaml", only: list[str] | N
     ended, t1 = _now()
     record.update(ended_at=ended, seconds=t1 - t0, exit_code=0 if ok else 1)
     _write_record(out, record)
+    index = write_index(out, record)
     print(f"workbook: {sum(e['status'] == 'ok' for e in record['notebooks'])}/{len(specs)} notebooks "
-          f"ran without error in {t1 - t0:.0f}s; reports in {out}")
+          f"ran without error in {t1 - t0:.0f}s; reports in {out}, start at {Path(index['html']).name}")
     return record["exit_code"]
 
 
@@ -330,5 +339,5 @@ def _run_one(spec: NotebookSpec, path: Path, runs: Path, out: Path, nb_params: d
     entry = _entry(spec, "failed" if error else "ok", error=error, seconds=t1 - t0,
                    started_at=started, started_ts=t0, ended_at=ended, executed=str(executed))
     if executed.is_file():
-        entry["reports"] = export_reports(executed, out, spec.report, entry, record["params_file"])
+        entry["reports"] = export_reports(executed, out, spec.report, entry, record)
     return entry

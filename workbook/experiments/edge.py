@@ -109,7 +109,7 @@ async def refused(env: Any, max_tokens: int, up_after: float = 0.3) -> list[dict
         run = await _run(make_call(f"{prefix}/{env.proxy_model}", api_base=dead, max_tokens=max_tokens),
                          _user("Say hello."), config=RetryConfig(max_attempts=3, initial_delay=0.05))
         reason = (run["error"].last_error or {}).get("reason") if run["error"] else None
-        rows.append(_row("refused", route, f"nothing listens on {dead}", run, [],
+        rows.append(_row("refused", route, "nothing listens on the port (a free loopback port)", run, [],
                          last_reason=reason))
         port = free_port()
         late = ChaosProxy(upstream=env.api_base, port=port)

@@ -22,7 +22,13 @@ from typing import Any
 
 import pandas as pd
 
+from workbook.redact import display_path, is_loopback
 from workbook.runner import NOTEBOOKS, RUN_FILE, NotebookSpec
+from workbook.tables import markdown_table
+
+__all__ = ["COMPLETE", "INCOMPLETE", "NO_CHECKS", "TASKS", "completion", "completion_matrix",
+           "environment_info", "limitations", "load_results", "load_run", "markdown_table",
+           "matrix_mismatches", "plot_completion", "runs_frame", "task_failure", "task_runs"]
 
 TASKS: tuple[NotebookSpec, ...] = tuple(s for s in NOTEBOOKS if s.task != "final_summary")
 COMPLETE, INCOMPLETE = "COMPLETE", "INCOMPLETE"
@@ -166,19 +172,6 @@ def runs_frame(runs: dict[str, dict[str, Any]], results_dir: str | Path) -> pd.D
     return pd.DataFrame(rows)
 
 
-def markdown_table(df: pd.DataFrame, max_chars: int = 160) -> str:
-    """A GitHub markdown table of ``df`` (tabulate is not installed, so ``to_markdown`` is
-    unavailable). Cells are flattened to one line, pipes escaped, long text cut."""
-    def cell(v: Any) -> str:
-        s = " ".join(str(v).split()).replace("|", "\\|")
-        return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
-
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def plot_completion(per_task: pd.DataFrame) -> Any:
     """Stacked horizontal bars per task: the share of checks COMPLETE (green) and INCOMPLETE
     (red), labelled ``complete/total``, so a task at 0 % still shows as a red bar."""
@@ -235,12 +228,22 @@ def environment_info(record: dict[str, Any] | None, model: str, api_base: str | 
     from workbook.checks import environment
 
     env = environment()
-    rows = {"model": model, "api_base": api_base, "quick": quick, "seed": seed,
+    server = (record or {}).get("server") or {}
+    if api_base is None or is_loopback(api_base):  # a port of this run means nothing later
+        where = (f"the embedded {server['model']} server (llama.cpp), started by the runner"
+                 if server.get("model") else "a model server on this machine")
+    else:
+        where = api_base
+    rows = {"model": model, "model server": where, "quick": quick, "seed": seed,
             "python": env["python"], "platform": env["platform"], "cpus": os.cpu_count(),
             "memory (GiB)": round(psutil.virtual_memory().total / 2**30, 1),
             "processor": platform.processor() or platform.machine()}
     if record:
-        rows |= {"params file": record.get("params_file"), "kernel": record.get("kernel_name"),
+        commit = record.get("commit") or {}
+        rows |= {"params file": display_path(record.get("params_file")),
+                 "commit": (commit["sha"][:10] + (" with uncommitted changes" if commit.get("dirty") else ""))
+                 if commit.get("sha") else "unknown",
+                 "kernel": record.get("kernel_name"),
                  "cell timeout (s)": record.get("cell_timeout"),
                  "embedded server": (record.get("server") or {}).get("model", "none (external api_base)"),
                  "run started": record.get("started_at"),
