@@ -5,6 +5,8 @@
     retrylib serve [--model smollm2|gemma3|PATH] [--port N] [--check]
     retrylib chaos [--upstream URL] [--port N] [--plan "503,503,pass"] [--upstream-free]
     retrylib call CONFIG.yaml            # llm_call on a declarative config; prints the attempts
+    retrylib review list|show ID|resolve ID --answer FILE|approve ID|reject ID --reason TEXT
+                    |retry ID --guidance TEXT [--store PATH] [--by NAME]   # the review queue
 """
 
 from __future__ import annotations
@@ -72,6 +74,47 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    from retrylib.review import ReviewError, approve, open_store, reject, resolve, retry
+    from retrylib.review.render import case_detail, case_list
+
+    try:
+        store = open_store(args.store)
+        if args.action == "list":
+            print(case_list(store.list(None if args.all else (args.status or ["open"]))))
+            return 0
+        if args.action == "show":
+            print(case_detail(store.get(args.id), full=args.full))
+            return 0
+        if args.action == "resolve":
+            text = sys.stdin.read() if args.answer == "-" else _read(args.answer)
+            case = resolve(store, args.id, text, reviewer=args.by, check=not args.no_check)
+        elif args.action == "approve":
+            case = approve(store, args.id, reviewer=args.by, note=args.note)
+        elif args.action == "reject":
+            case = reject(store, args.id, args.reason, reviewer=args.by)
+        else:
+            case = retry(store, args.id, args.guidance, attempts=args.attempts, reviewer=args.by)
+    except ReviewError as exc:
+        print(f"retrylib review: {exc}", file=sys.stderr)
+        return 2
+    last = case.reviews[-1]
+    print(f"case {case.id} is {case.status} (by {last['by']}); the call continues with "
+          f"retrylib.review.resume({case.id!r}, store={store.location!r}, ...)")
+    return 0
+
+
+def _read(path: str) -> str:
+    from pathlib import Path
+
+    from retrylib.errors import ConfigError
+
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--answer {path}: {exc.strerror or exc}") from None
+
+
 _COLUMNS = ["number", "stage", "outcome", "slept", "duration", "status_code", "error_type",
             "validation_errors", "tokens_in", "tokens_out"]
 
@@ -118,7 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("config", help="path to the YAML config")
     k.set_defaults(func=_call)
 
+    _review_parser(sub)
     return p
+
+
+def _review_parser(sub: argparse._SubParsersAction) -> None:
+    from retrylib.review.case import STATUSES
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=None,
+                        help="the review store (SQLite file); default $RETRYLIB_REVIEW_STORE")
+    common.add_argument("--by", default=None, help="who decides (default: the OS user)")
+    r = sub.add_parser("review", help="the human-review queue: list, show and decide cases")
+    acts = r.add_subparsers(dest="action", required=True)
+    ls = acts.add_parser("list", parents=[common], help="the cases, as a table (default: open ones)")
+    ls.add_argument("--status", action="append", choices=STATUSES, help="only cases with this status")
+    ls.add_argument("--all", action="store_true", help="every case, whatever its status")
+    sh = acts.add_parser("show", parents=[common], help="one case: conversation, attempts, errors")
+    sh.add_argument("--full", action="store_true", help="do not shorten long messages")
+    rs = acts.add_parser("resolve", parents=[common], help="give the answer the model could not")
+    rs.add_argument("--answer", required=True, help="a file holding the answer ('-': stdin)")
+    rs.add_argument("--no-check", action="store_true", help="do not validate the answer now")
+    ap = acts.add_parser("approve", parents=[common], help="accept the last answer as it is")
+    ap.add_argument("--note", default=None, help="why it is fine")
+    rj = acts.add_parser("reject", parents=[common], help="close the case without an answer")
+    rj.add_argument("--reason", required=True, help="why")
+    rt = acts.add_parser("retry", parents=[common], help="ask the model again, with your guidance")
+    rt.add_argument("--guidance", required=True, help="what the model is told in the re-ask")
+    rt.add_argument("--attempts", type=int, default=None,
+                    help="how many more attempts (default: the call's max_attempts_before_human)")
+    for p in (sh, rs, ap, rj, rt):
+        p.add_argument("id", help="the case id (HumanReviewNeededError.case_id)")
+    r.set_defaults(func=_review)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

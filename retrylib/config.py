@@ -39,6 +39,7 @@ debugging tool needs the failures.
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -113,6 +114,9 @@ class RetryConfig(BaseModel):
         debug_mode: log each attempt with its delay, error and stage.
         trace_memory: record the tracemalloc peak of the call in the metrics.
         max_validator_depth: how deep validators that call models (``LLMJudge``) may nest.
+        review_store: the SQLite file where a call that reaches the human stage is queued
+            for review (:mod:`retrylib.review`). ``None``: ``$RETRYLIB_REVIEW_STORE`` if set,
+            else no store (nothing is written unless asked for); ``False``: never.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -144,6 +148,7 @@ class RetryConfig(BaseModel):
     debug_mode: bool = False
     trace_memory: bool = False
     max_validator_depth: int = Field(2, ge=0, le=10)
+    review_store: str | Literal[False] | None = None
 
     @field_validator(
         "initial_delay", "max_delay", "attempt_timeout", "deadline", "max_retry_after", mode="before"
@@ -151,6 +156,16 @@ class RetryConfig(BaseModel):
     @classmethod
     def _timedelta_to_seconds(cls, v: Any) -> Any:
         return _seconds(v)
+
+    @field_validator("review_store", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: Any) -> Any:
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if v == "" or v is True:
+            raise ValueError("review_store must be a file path, False (never) or None (the "
+                             "environment's RETRYLIB_REVIEW_STORE)")
+        return v
 
     @field_validator("fallback_models", mode="before")
     @classmethod

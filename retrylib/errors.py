@@ -198,7 +198,11 @@ class RetryExhaustedError(RetryError):
 class HumanReviewNeededError(RetryError):
     """The model failed validation M times; a person has to decide.
 
-    It carries the whole story, and pickles, so it can be queued for review.
+    It carries the whole story, and pickles, so it can be queued for review. When a review
+    store is configured (``RetryConfig.review_store``, a ``review_store=`` argument, or
+    ``$RETRYLIB_REVIEW_STORE``), the case was written to it before this was raised, and
+    ``case_id`` names it: ``retrylib review show <case_id>``, then
+    ``retrylib.review.resume(case_id, ...)`` continues the call.
 
     Attributes:
         attempts: every attempt, with its validation errors and stage.
@@ -206,12 +210,17 @@ class HumanReviewNeededError(RetryError):
         last_response: the last raw response (a dict, a ``ModelResponse`` or a ``str``).
         last_text: the text extracted from it.
         validation_errors: the errors of the last failed validation.
-        config: the ``RetryConfig`` as a dict.
+        config: the ``RetryConfig`` (a :class:`~retrylib.review.recorded.RecordedConfig`,
+            which also reads as the dict it used to be: ``config["max_attempts"]``,
+            ``config.get(...)``); ``config_dict`` is the plain dict.
         reason: one line saying why a human is needed.
         context: what the original design's ``PoCHumanReviewNeededError.context`` held, for a
             declarative call (``llm_call``): ``original_llm_config``, ``last_response``,
             ``attempt`` (and ``error`` when the last attempt failed in transport); ``{}`` for
             a call made with ``retry_with_validation``. Plain data, so it pickles.
+        case_id: the review case written for this call, or ``None`` (no store configured,
+            or the write failed: then ``review_error`` says why).
+        review_error: why the case could not be written, or ``None``.
     """
 
     def __init__(
@@ -223,9 +232,10 @@ class HumanReviewNeededError(RetryError):
         last_response: Any = None,
         last_text: str | None = None,
         validation_errors: list[str] | None = None,
-        config: dict[str, Any] | None = None,
+        config: Any = None,
         last_error: dict[str, Any] | None = None,
         context: dict[str, Any] | None = None,
+        case_id: str | None = None,
     ):
         super().__init__(reason, attempts=attempts, last_error=last_error)
         self.reason = reason
@@ -234,11 +244,58 @@ class HumanReviewNeededError(RetryError):
         self.last_response = last_response
         self.last_text = last_text
         self.validation_errors = list(validation_errors or [])
-        self.config = dict(config or {})
+        self.config = config
+        self.case_id = case_id
+        self.review_error: str | None = None
+
+    # ``config`` is kept as a dict (it pickles anywhere, and is what older pickles hold) and
+    # read as a RetryConfig; the import is late because retrylib.config imports this module.
+    @property
+    def config(self) -> Any:
+        """The ``RetryConfig`` of the call (``None`` when none was given)."""
+        view = self.__dict__.get("_config_view")
+        if view is None:
+            data = self.config_dict
+            if not data:
+                return None
+            from retrylib.review.recorded import recorded
+
+            view = self.__dict__["_config_view"] = recorded(data)
+        return view
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        dump = getattr(value, "model_dump", None)
+        self.__dict__["_config"] = dict(dump() if callable(dump) else (value or {}))
+        self.__dict__.pop("_config_view", None)
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The ``RetryConfig`` as a plain dict (``RetryConfig.model_dump()``)."""
+        return dict(self.__dict__.get("_config", self.__dict__.get("config")) or {})
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """See the class docstring."""
+        return self.__dict__.get("_context", self.__dict__.get("context")) or {}
+
+    @context.setter
+    def context(self, value: dict[str, Any]) -> None:
+        self.__dict__["_context"] = dict(value or {})
+        # llm_call attaches its context after the loop raised: the queued case learns it too.
+        sink = self.__dict__.get("_context_sink")
+        if sink is not None and value:
+            sink(self.__dict__["_context"])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_config_view", "_context_sink")}
+        return (_rebuild, (type(self), self.message, state))
 
     def summary(self) -> str:
         """A short, human-readable account of what happened."""
         lines = [f"Human review needed: {self.reason}", f"attempts: {len(self.attempts)}"]
+        if self.case_id:
+            lines.append(f"review case: {self.case_id}")
         for a in self.attempts:
             errs = "; ".join(getattr(a, "validation_errors", ()) or ()) or getattr(a, "error_type", "") or ""
             lines.append(f"  #{a.number} [{a.stage}] {a.outcome}: {errs[:160]}")

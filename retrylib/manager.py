@@ -10,7 +10,9 @@ One call, step by step:
 3. The answer's text is extracted and validated. Valid: return a ``RetryResult``. Invalid:
    the failure count grows, the escalation ladder (``RetryConfig``) picks the next stage,
    and the errors go back to the model.
-4. At the ``max_attempts_before_human``-th failure, ``HumanReviewNeededError``; when the
+4. At the ``max_attempts_before_human``-th failure, ``HumanReviewNeededError`` (with a review
+   store configured, the case is written to it first: ``retrylib.review``; a reviewed call
+   goes on with ``continue_with_validation``); when the
    attempts, the deadline or the patience for ``Retry-After`` run out,
    ``RetryExhaustedError`` — unless some answer failed only ``Soft`` checks: then the best
    of those (fewest soft errors, latest on a tie) is returned, its errors as ``warnings``.
@@ -27,11 +29,13 @@ import os
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from retrylib._testmode import MODE
 from retrylib.backoff import Backoff
 from retrylib.classify import classify, error_facts
 from retrylib.config import STAGES, RetryConfig, stage_at
@@ -59,9 +63,11 @@ from retrylib.extract import (
 )
 from retrylib.feedback import Exchange, build_messages, feedback_text
 from retrylib.result import Attempt, RetryResult, summarize
-from retrylib.testing.mode import MODE
 from retrylib.validators.base import ValidationContext, ValidationResult, Validator
 from retrylib.validators.combine import AllOf, _children, named_errors
+
+if TYPE_CHECKING:
+    from retrylib.review.store import ReviewStore
 
 Call = Callable[..., Awaitable[Any] | Any]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -118,6 +124,7 @@ class _Loop:
                  config: RetryConfig, response_format: Any, depth: int, call_kwargs: dict[str, Any]):
         self.call = call
         self.base = copy.deepcopy(list(messages))
+        self.validators = list(validators)  # as given: a review case records each one
         # One validator is used as is (AllOf around it only costs time; _children checks it).
         self.validator = (_children("validators", tuple(validators))[0] if len(validators) == 1
                           else AllOf(*validators) if validators else None)
@@ -136,7 +143,9 @@ class _Loop:
         self.last_response: Any = None
         self.last_text: str | None = None
         self.last_errors: list[str] = []
+        self.last_suggestions: tuple[str, ...] = ()
         self.last_messages: list[dict[str, Any]] = []
+        self.case_id: str | None = None  # the review case this call continues, if any
         self.has_k = config.max_attempts_before_constrained is not None
         schema = schema_from_validators(validators) if self.has_k else None
         self.schema: dict[str, Any] | None
@@ -189,6 +198,57 @@ class _Loop:
             facts["mcp"] = True
         return msgs, kw, facts
 
+    def exchange(self, answer: str, guidance: str | None = None) -> Exchange:
+        """The replay of the last failed answer: its feedback, written for the current stage."""
+        c = self.config
+        suggestions = self.last_suggestions
+        if guidance:  # a reviewer's words come first: they say what the validators could not
+            suggestions = (f"A human reviewer's guidance: {guidance}", *suggestions)
+        return Exchange(answer, feedback_text(
+            self.last_errors, suggestions, original_prompt=c.original_user_prompt,
+            tool_name=c.debug_tool_name if _LEVEL[self.stage] >= _TOOL else None))
+
+    # -- recorded state (a review case), and continuing from it --------------------------------
+    def state(self) -> dict[str, Any]:
+        """The call's state as plain data: enough for :func:`continue_with_validation`."""
+        return {"base": copy.deepcopy(self.base), "attempts": [a.to_dict() for a in self.attempts],
+                "history": [[e.answer, e.feedback] for e in self.history],
+                "failures": self.failures, "stage_reached": self.stage_reached,
+                "history_from": self.history_from, "constrained_off": self.constrained_off,
+                "constrained_tried": self.constrained_tried, "last_text": self.last_text,
+                "last_errors": list(self.last_errors), "last_suggestions": list(self.last_suggestions)}
+
+    def restore(self, state: Mapping[str, Any], guidance: str | None = None) -> None:
+        """Go on from ``state`` (:meth:`state` of a call that stopped at the human stage).
+
+        The last failed answer is replayed with its feedback (and ``guidance``) on the next
+        attempt, as it would have been had the call not stopped; attempt numbers continue.
+        """
+        from retrylib.review.case import attempt_from
+
+        self.attempts = [attempt_from(a) for a in state["attempts"]]
+        self.history = [Exchange(a, f) for a, f in state["history"]]
+        self.failures = int(state["failures"])
+        self.stage_reached = state.get("stage_reached", "normal")
+        self.history_from = int(state.get("history_from", 0))
+        self.constrained_off = state.get("constrained_off", self.constrained_off)
+        self.constrained_tried = bool(state.get("constrained_tried"))
+        self.last_text = state.get("last_text")
+        self.last_errors = list(state.get("last_errors", ()))
+        self.last_suggestions = tuple(state.get("last_suggestions", ()))
+        self.case_id = state.get("case_id")
+        self.stage = stage_at(self.ladder, self.failures)
+        # The resumed leg goes on in its stage: no "fresh" restart that would drop the guidance.
+        self.prev_stage = self.stage
+        self.history.append(self.exchange(self.last_text or "", guidance))
+        # The attempts' time axis goes on where it stopped (the review's wait is left out; the
+        # wall-clock ``timestamp`` shows it); the deadline, if any, starts afresh.
+        now = time.monotonic()
+        self.t0 = now - (self.attempts[-1].end if self.attempts else 0.0)
+        self.deadline_at = now + self.config.deadline if self.config.deadline else None
+        # The validators' calls of the first leg still count in the metrics.
+        self.subresults = [SimpleNamespace(metrics=dict(state.get("validator_metrics") or {}))]
+
     def remaining(self) -> float | None:
         return None if self.deadline_at is None else self.deadline_at - time.monotonic()
 
@@ -231,10 +291,13 @@ class _Loop:
         retry_after: float | None = None
         last_kind = ""  # "transport" | "rejected" (the route refused the schema) | "validation" | ""
         # Test mode (retrylib.testing.set_testing) may cap the attempts, and skips the sleeps.
-        max_attempts = min(c.max_attempts, MODE.attempts) if MODE.testing and MODE.attempts else c.max_attempts
-        for n in range(1, max_attempts + 1):
+        first = len(self.attempts) + 1  # > 1 when the call goes on from recorded state
+        max_attempts = c.max_attempts
+        if MODE.testing and MODE.attempts:
+            max_attempts = min(max_attempts, first - 1 + MODE.attempts)
+        for n in range(first, max_attempts + 1):
             scheduled = slept = 0.0
-            if n > 1:
+            if n > first:
                 planned = next(backoff)
                 if last_kind == "transport" or c.delay_validation_retries:
                     scheduled = planned
@@ -329,6 +392,9 @@ class _Loop:
             if result.soft and text is not None:
                 self.softly.append((len(result.errors), -a.number, result, response, text))
             await self._verdict_to_route("reject", msgs, kw)
+            self.last_suggestions = tuple(result.suggestions)
+            if common.get("finish_reason") == "length":  # the answer was cut, not just wrong
+                self.last_suggestions = (_CUT_OFF, *self.last_suggestions)
             m = c.max_attempts_before_human
             if m is not None and self.failures >= m:
                 self.stage_reached = "human"
@@ -339,13 +405,8 @@ class _Loop:
                     last_response=self.last_response, last_text=self.last_text,
                     validation_errors=self.last_errors, config=c.model_dump(),
                     last_error=self.last_error)
-            self.stage = next_stage = stage_at(self.ladder, self.failures)
-            suggestions = result.suggestions
-            if common.get("finish_reason") == "length":  # the answer was cut, not just wrong
-                suggestions = (_CUT_OFF, *suggestions)
-            self.history.append(Exchange(text or "", feedback_text(
-                result.errors, suggestions, original_prompt=c.original_user_prompt,
-                tool_name=c.debug_tool_name if _LEVEL[next_stage] >= _TOOL else None)))
+            self.stage = stage_at(self.ladder, self.failures)
+            self.history.append(self.exchange(text or ""))
         raise self.exhausted(
             f"all {max_attempts} attempts failed; last: "
             + ("; ".join(self.last_errors)[:300] if last_kind == "validation"
@@ -407,6 +468,7 @@ async def retry_with_validation(
     response_format: Any = None,
     *,
     depth: int = 0,
+    review_store: ReviewStore | str | None = None,
     **call_kwargs: Any,
 ) -> RetryResult:
     """Call ``call`` until its answer passes every validator.
@@ -422,6 +484,9 @@ async def retry_with_validation(
         config: the retry configuration (defaults to ``RetryConfig()``).
         response_format: passed through to every attempt (the constrained stage overrides).
         depth: how many validation calls enclose this one (set by ``LLMJudge``).
+        review_store: where a call that reaches the human stage is queued for review (a
+            :class:`~retrylib.review.ReviewStore` or a SQLite path); default
+            ``config.review_store``, else ``$RETRYLIB_REVIEW_STORE``, else nowhere.
         **call_kwargs: passed to every call (``temperature``, ``extra_headers``, ...).
 
     Returns:
@@ -430,11 +495,61 @@ async def retry_with_validation(
     Raises:
         NonRetryableError: after one call, on an error retrying cannot fix.
         RetryExhaustedError: attempts, deadline or ``Retry-After`` patience ran out.
-        HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure.
+        HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure;
+            with a review store, the case is written first and ``case_id`` names it.
         asyncio.CancelledError: cancellation ends the call at once, even mid-backoff.
     """
     config = config or RetryConfig()
     loop = _Loop(call, messages, list(validators or ()), config, response_format, depth, call_kwargs)
+    return await _drive(loop, review_store)
+
+
+async def continue_with_validation(
+    call: Call,
+    state: Mapping[str, Any],
+    validators: Sequence[Validator] | None = None,
+    config: RetryConfig | None = None,
+    response_format: Any = None,
+    *,
+    guidance: str | None = None,
+    depth: int = 0,
+    review_store: ReviewStore | str | None = None,
+    **call_kwargs: Any,
+) -> RetryResult:
+    """Continue a call that stopped at the human stage, from its recorded state.
+
+    Nothing that already happened is sent again: the next request replays the last failed
+    answer with its feedback (and ``guidance``), the attempt log goes on and attempt numbers
+    continue. :func:`retrylib.review.resume` is the way in from a review case.
+
+    Args:
+        call: the route, as for :func:`retry_with_validation`.
+        state: ``_Loop.state()`` as a review case holds it, plus ``case_id`` (the case that a
+            new human stage updates) and ``validator_metrics``.
+        validators: the call's validators.
+        config: the configuration of this leg (its ``max_attempts`` counts every attempt,
+            the recorded ones too).
+        response_format: as for :func:`retry_with_validation`.
+        guidance: a reviewer's words, added to the re-ask of the last answer.
+        depth: as for :func:`retry_with_validation`.
+        review_store: where a new human stage is recorded.
+        **call_kwargs: passed to every call.
+
+    Returns:
+        A :class:`RetryResult` whose ``attempts`` hold the recorded attempts and the new ones.
+
+    Raises:
+        The errors of :func:`retry_with_validation`.
+    """
+    config = config or RetryConfig()
+    loop = _Loop(call, state["base"], list(validators or ()), config, response_format, depth,
+                 call_kwargs)
+    loop.restore(state, guidance)
+    return await _drive(loop, review_store)
+
+
+async def _drive(loop: _Loop, review_store: ReviewStore | str | None) -> RetryResult:
+    config = loop.config
     started_tracing = False
     if config.trace_memory and not tracemalloc.is_tracing():
         tracemalloc.start()
@@ -443,6 +558,8 @@ async def retry_with_validation(
         result = await loop.run()
     except RetryError as exc:
         exc.metrics = _finish(loop, started_tracing)
+        if isinstance(exc, HumanReviewNeededError):
+            _queue_for_review(loop, exc, review_store)
         raise
     except BaseException:
         _finish(loop, started_tracing)
@@ -450,6 +567,17 @@ async def retry_with_validation(
     result.metrics = _finish(loop, started_tracing)
     result.metrics["accepted_with_warnings"] = bool(result.warnings)
     return result
+
+
+def _queue_for_review(loop: _Loop, exc: HumanReviewNeededError,
+                      review_store: ReviewStore | str | None) -> None:
+    """Write the case to the review store, if one is configured, before ``exc`` is raised."""
+    if review_store is None and loop.config.review_store is None and loop.case_id is None \
+            and not os.environ.get("RETRYLIB_REVIEW_STORE"):
+        return  # no store: not even the import
+    from retrylib.review.hook import queue_case
+
+    queue_case(loop, exc, review_store)
 
 
 def _finish(loop: _Loop, started_tracing: bool) -> dict[str, Any]:
