@@ -13,7 +13,8 @@ import pytest
 
 from retrylib import HumanReviewNeededError, RetryConfig, make_call, retry_with_validation
 from retrylib import validators as V
-from retrylib.review import SQLiteReviewStore, resolve, resume, retry
+from retrylib.review import SQLiteReviewStore, approve, reject, resolve, resume, retry
+from retrylib.review.errors import CaseStateError
 
 ASK = [{"role": "user", "content": "Reply with our ticket code."}]
 CODE = V.RegexMatch(r"^ZQX-\d{9}$", mode="fullmatch", description="a ticket code like ZQX-123456789")
@@ -64,3 +65,20 @@ async def test_real_model_case_retried_with_guidance_on_the_wire(chaos, local_mo
     assert third[: len(second)] == second and third[len(second)]["role"] == "assistant"
     assert "The code is ZQX-000000001." in third[-1]["content"]
     assert journal[2]["body"]["max_tokens"] == 12 and journal[2]["body"]["temperature"] == 0.0
+
+
+async def test_real_model_case_approved_and_rejected(chaos, local_model, tmp_path):
+    """An approved case resumes to the model's last real answer (its errors as warnings) with
+    no new request; a rejected one cannot be resumed and sends nothing either."""
+    db = str(tmp_path / "review.db")
+    exc = await reach_human(chaos, local_model, db)
+    approve(db, exc.case_id, reviewer="ops")
+    result = await resume(exc.case_id, store=db)
+    assert result.content == exc.last_text and result.warnings
+    assert len(chaos.journal()) == 2  # the approval re-sent nothing
+    chaos.clear()
+    other = await reach_human(chaos, local_model, str(tmp_path / "other.db"))
+    reject(str(tmp_path / "other.db"), other.case_id, "not worth a code", reviewer="ops")
+    with pytest.raises(CaseStateError):
+        await resume(other.case_id, store=str(tmp_path / "other.db"))
+    assert len(chaos.journal()) == 2
