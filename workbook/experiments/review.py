@@ -189,3 +189,25 @@ def review_log(store: ReviewStore, case_ids: list[str]) -> pd.DataFrame:
             rows.append({"case": cid, "action": r["action"], "by": r["by"], "at": when(r["at"]),
                          "detail": cut(str(detail), 60)})
     return pd.DataFrame(rows, columns=["case", "action", "by", "at", "detail"])
+
+
+def plot_wire(done: dict[str, Any], again: dict[str, Any] | None) -> Any:
+    """Requests on the wire against attempts recorded, for each resumed case: a resolved case
+    adds an attempt (the reviewer's) and no request; a retried one adds one of each."""
+    import matplotlib.pyplot as plt
+
+    rows = []
+    if done.get("requests_after") is not None:
+        rows.append(("resolved", done["requests_after"], len(done["attempt_numbers"])))
+    if again is not None:
+        rows.append(("retried with guidance", again["requests"], len(again["attempt_numbers"])))
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r[1] for r in rows], width=0.4, label="requests the proxy received")
+    ax.bar([x + 0.2 for x in xs], [r[2] for r in rows], width=0.4, label="attempts in the result")
+    ax.set_xticks(list(xs), [r[0] for r in rows])
+    ax.set_ylabel("count")
+    ax.set_title("Resuming sends only the new requests")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
