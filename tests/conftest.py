@@ -67,6 +67,15 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
+def no_sleeps():
+    """Test mode for the test: no backoff sleeps, the old mode restored after it."""
+    from retrylib.testing import set_testing
+
+    with set_testing(True):
+        yield
+
+
+@pytest.fixture
 def chaos(local_model):
     """A fault proxy in front of the embedded model; its journal starts empty."""
     with ChaosProxy(upstream=local_model.api_base) as proxy:

@@ -18,17 +18,14 @@ from retrylib import HumanReviewNeededError, RetryConfig, retry_with_validation
 from retrylib import validators as V
 from retrylib.cli import main
 from retrylib.review import SQLiteReviewStore, resume
-from retrylib.testing import ScriptedCall, set_testing
+from retrylib.testing import ScriptedCall
 
 PROMPT = [{"role": "user", "content": "Give me a JSON object with a name."}]
 GOOD = '{"name": "Ann"}'
 EXE = Path(sys.executable).with_name("retrylib")
 
 
-@pytest.fixture(autouse=True)
-def _no_sleeps():
-    with set_testing(True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_sleeps")
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from retrylib.review import (
     spec_of,
 )
 from retrylib.review.recorded import RecordedConfig
-from retrylib.testing import Delay, ScriptedCall, http_error, set_testing
+from retrylib.testing import Delay, ScriptedCall, http_error
 from retrylib.validators.base import ValidationResult
 from retrylib.validators.registry import build_validator
 
@@ -60,10 +60,7 @@ class Shouty:
         return ValidationResult.ok() if text.isupper() else ValidationResult.fail("not upper case")
 
 
-@pytest.fixture(autouse=True)
-def _no_sleeps():
-    with set_testing(True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_sleeps")
 
 
 @pytest.fixture

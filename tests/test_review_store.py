@@ -37,7 +37,7 @@ from retrylib.review import (
 )
 from retrylib.review import case as case_module
 from retrylib.review.case import Case
-from retrylib.testing import ScriptedCall, set_testing
+from retrylib.testing import ScriptedCall
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [{"role": "user", "content": "Give me a JSON object with a name."}]
@@ -83,10 +83,7 @@ WRITER = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(autouse=True)
-def _no_sleeps():
-    with set_testing(True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_sleeps")
 
 
 async def human_case(db: Path | SQLiteReviewStore, answers=("bad one", "bad two"), **cfg) -> HumanReviewNeededError:
