@@ -3,10 +3,29 @@
 The jitter kinds are the ones compared in the AWS Architecture Blog's analysis
 "Exponential Backoff and Jitter" (Marc Brooker, 2015). Jitter spreads the retries of many
 clients apart so that they do not hit a recovering server in lock-step.
+
+Seeds and keys
+--------------
+A ``seed`` makes a call's delays reproducible; it must not make *different* calls draw the
+same delays, or the jitter is gone: 200 calls sharing ``seed=7`` would all retry at the same
+instant. So the RNG of a call is seeded with the pair ``(seed, key)``:
+
+- ``key`` is the call's own key. Give one (``Backoff(config, key="order-42")``;
+  ``retry_with_validation(..., call_key="order-42")``) and the call draws the same delays
+  every time, in any process: ``backoff_schedule(config, key="order-42")`` lists them.
+- Without one, each :class:`Backoff` takes the next number of a process-wide counter as its
+  key, so concurrent calls with one seed draw different delays. The key it took is
+  :attr:`Backoff.key` (the retry loop records it); passing that key back reproduces the call.
+- Without a seed the key is not used: every call draws from fresh OS entropy.
+
+To reproduce one call exactly: run it with ``seed=S`` and ``call_key=K`` (or read the key it
+was given), then ``backoff_schedule(RetryConfig(..., seed=S), key=K)`` is what it slept,
+``Retry-After`` aside.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 
@@ -40,15 +59,30 @@ class Backoff:
       at ``initial_delay`` (it ignores ``backoff_factor``; growth comes from ``3 * prev``).
 
     Every delay lies in ``[0, max_delay]``.
+
+    Args:
+        config: the retry configuration (``jitter``, delays, ``seed``).
+        key: the call's key, mixed with ``config.seed`` (see "Seeds and keys" above): a
+            ``str`` or an ``int``. ``None``: the next number of a process-wide counter.
     """
 
-    __slots__ = ("_config", "_n", "_prev", "_rng")
+    __slots__ = ("_config", "_key", "_n", "_prev", "_rng")
 
-    def __init__(self, config: RetryConfig):
+    def __init__(self, config: RetryConfig, *, key: str | int | None = None):
         self._config = config
-        self._rng = random.Random(config.seed)
+        if config.seed is None:
+            self._key = key
+            self._rng = random.Random()
+        else:
+            self._key = next(_KEYS) if key is None else key
+            self._rng = random.Random(_seed_material(config.seed, self._key))
         self._n = 0
         self._prev = config.initial_delay
+
+    @property
+    def key(self) -> str | int | None:
+        """The key mixed with the seed (``None`` without a seed and without a given key)."""
+        return self._key
 
     def __iter__(self) -> Iterator[float]:
         return self
@@ -71,22 +105,37 @@ class Backoff:
         return min(max(out, 0.0), c.max_delay)
 
     def __repr__(self) -> str:
-        return f"Backoff(jitter={self._config.jitter!r}, seed={self._config.seed!r}, n={self._n})"
+        return (f"Backoff(jitter={self._config.jitter!r}, seed={self._config.seed!r}, "
+                f"key={self._key!r}, n={self._n})")
 
 
-def backoff_schedule(config: RetryConfig, retries: int | None = None) -> list[float]:
-    """The delays the retry loop will use, before attempts 2, 3, ..., in order.
+# Keys of calls that gave none. next() on a count is atomic under the GIL: threads are fine.
+_KEYS = itertools.count()
 
-    With ``config.seed`` set this is exactly what ``retry_with_validation`` sleeps (unless a
-    server's ``Retry-After`` asks for longer). Without a seed, each call draws its own.
+
+def _seed_material(seed: int, key: str | int) -> str:
+    # A str seed is hashed with SHA-512 by random.Random: the same in every process (no
+    # PYTHONHASHSEED), and key 1 differs from key "1" through repr().
+    return f"retrylib-backoff:{seed}:{key!r}"
+
+
+def backoff_schedule(config: RetryConfig, retries: int | None = None, *,
+                     key: str | int | None = None) -> list[float]:
+    """The delays a call with key ``key`` uses, before attempts 2, 3, ..., in order.
+
+    With ``config.seed`` set and the call's key (``retry_with_validation(...,
+    call_key=key)``, or the key recorded for it), this is exactly what the call sleeps,
+    unless a server's ``Retry-After`` asks for longer. Without a key, the schedule is that
+    of a new key, as a call without one gets. Without a seed, every schedule is drawn afresh.
 
     Args:
         config: the retry configuration.
         retries: how many delays; by default ``config.max_attempts - 1``.
+        key: the call's key (see "Seeds and keys" in the module docstring).
 
     Returns:
         A list of delays in seconds, each in ``[0, config.max_delay]``.
     """
     n = config.max_attempts - 1 if retries is None else retries
-    b = Backoff(config)
+    b = Backoff(config, key=key)
     return [next(b) for _ in range(max(0, n))]

@@ -33,10 +33,10 @@ def test_every_delay_within_bounds(config):
 @given(configs)
 @settings(max_examples=100, deadline=None)
 def test_same_seed_same_schedule(config):
-    """The same seed gives the same schedule, and the loop's Backoff draws exactly it."""
-    schedule = backoff_schedule(config)
-    assert schedule == backoff_schedule(config)
-    b = Backoff(config)
+    """The same seed and key give the same schedule, and the loop's Backoff draws exactly it."""
+    schedule = backoff_schedule(config, key="call-1")
+    assert schedule == backoff_schedule(config, key="call-1")
+    b = Backoff(config, key="call-1")
     assert [next(b) for _ in schedule] == schedule
 
 
@@ -74,7 +74,7 @@ def test_decorrelated_grows_from_previous():
 def test_different_seeds_differ():
     """Two seeds give two different jittered schedules."""
     c = RetryConfig(max_attempts=6, initial_delay=1, max_delay=30, jitter="full", seed=1)
-    assert backoff_schedule(c) != backoff_schedule(c.replace(seed=2))
+    assert backoff_schedule(c, key=0) != backoff_schedule(c.replace(seed=2), key=0)
 
 
 def test_huge_attempt_numbers_do_not_overflow():
@@ -89,3 +89,54 @@ def test_zero_delays(jitter):
     """initial_delay = 0 means no waiting at all, for every jitter kind."""
     c = RetryConfig(max_attempts=5, initial_delay=0, max_delay=0, jitter=jitter, seed=1)
     assert backoff_schedule(c) == [0.0] * 4
+
+
+# -- a shared seed does not synchronise calls (issue 16, item 9) -------------------------------
+
+async def test_200_calls_sharing_a_seed_draw_200_delays(no_sleeps):
+    """200 concurrent calls with seed=7, each 503 then ok: their first retry delays all differ."""
+    import asyncio
+
+    from retrylib import retry_with_validation
+    from retrylib.testing import ScriptedCall, http_error
+
+    cfg = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=10.0, jitter="full", seed=7)
+    calls = [ScriptedCall([http_error(503), "ok"]) for _ in range(200)]
+    results = await asyncio.gather(*(retry_with_validation(c, [{"role": "user", "content": "hi"}],
+                                                           config=cfg) for c in calls))
+    delays = [r.attempts[1].scheduled_delay for r in results]
+    assert all(r.content == "ok" for r in results)
+    assert len(set(delays)) >= 195, f"{len(set(delays))} distinct delays among 200 calls"
+
+
+def test_keys_without_a_key_are_fresh_and_recorded():
+    """Backoffs without a key take different keys (and schedules); that key reproduces one."""
+    c = RetryConfig(max_attempts=6, initial_delay=1, max_delay=30, jitter="full", seed=7)
+    a, b = Backoff(c), Backoff(c)
+    assert a.key != b.key and a.key is not None
+    first = [next(a) for _ in range(5)]
+    assert first != [next(b) for _ in range(5)]
+    assert backoff_schedule(c, key=a.key) == first  # the recorded key gives the schedule back
+
+
+def test_same_key_in_another_process_gives_the_same_schedule():
+    """A string key and a seed give the same delays in a fresh interpreter (no hash seed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    c = RetryConfig(max_attempts=5, initial_delay=1, max_delay=30, jitter="decorrelated", seed=3)
+    code = ("import json; from retrylib import RetryConfig, backoff_schedule; "
+            "print(json.dumps(backoff_schedule(RetryConfig(max_attempts=5, initial_delay=1, "
+            "max_delay=30, jitter='decorrelated', seed=3), key='order-42')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert json.loads(out.stdout) == backoff_schedule(c, key="order-42")
+    assert backoff_schedule(c, key="order-42") != backoff_schedule(c, key="order-43")
+
+
+def test_without_a_seed_the_key_does_not_fix_the_schedule():
+    """No seed: the same key still draws fresh delays each time (the key only mixes a seed)."""
+    c = RetryConfig(max_attempts=6, initial_delay=1, max_delay=30, jitter="full")
+    assert backoff_schedule(c, key="k") != backoff_schedule(c, key="k")
