@@ -27,6 +27,10 @@ EXTRA_OF = {
     "papermill": "workbook",
     "psutil": "workbook",
     "PIL": "images",
+    "redis": "redis",
+    "dask": "dask",
+    "distributed": "dask",
+    "tqdm": "workbook",
 }
 
 

@@ -18,11 +18,18 @@
     │                                 lower-cased headers and the body, like litellm's errors.
     ├── MalformedResponseError        the proxy route got a 2xx whose body is not JSON (retryable,
 │                                 as litellm's InternalServerError is for the same fault)
+├── StateStoreError (RuntimeError)
+│                                 the shared state of the budget and the breaker (Redis) is
+│                                 unreachable, and the store was told ``on_error="raise"``
 └── RetryError                    a call that ended without a valid answer. Carries attempts.
         ├── NonRetryableError         one call, and an error retrying cannot fix (400, 401, ...)
         ├── RetryExhaustedError       attempts ran out, the deadline did, or the server asked
         │                             for a wait beyond ``max_retry_after``
-        └── HumanReviewNeededError    the M-th validation failure: a person has to look
+        ├── HumanReviewNeededError    the M-th validation failure: a person has to look
+        ├── BudgetExhaustedError      the retry budget refused an extra request: its bucket
+        │                             is at or below the threshold (``retrylib.budget``)
+        ├── CallCapExceededError      the next attempt would pass the call's token or cost cap
+        └── CircuitOpenError          the model's circuit breaker is open (``retrylib.breaker``)
 
 Every :class:`RetryError` pickles. litellm's exceptions do not (their constructors need
 arguments that pickling drops), so the errors keep the *facts* of the last failure
@@ -300,3 +307,134 @@ class HumanReviewNeededError(RetryError):
             errs = "; ".join(getattr(a, "validation_errors", ()) or ()) or getattr(a, "error_type", "") or ""
             lines.append(f"  #{a.number} [{a.stage}] {a.outcome}: {errs[:160]}")
         return "\n".join(lines)
+
+
+# -- the budget, the breaker and their shared state (issue 12) ------------------------------
+
+
+def _num(x: float) -> str:
+    """``4.0``, ``5.05``, ``10.0``: at least one decimal, at most three."""
+    s = f"{float(x):.3f}".rstrip("0")
+    return s + "0" if s.endswith(".") else s
+
+
+class StateStoreError(RetrylibError, RuntimeError):
+    """The shared state store (Redis) did not answer, and it was told ``on_error="raise"``.
+
+    Raised by :class:`retrylib.state.RedisStore` within its socket timeouts (it never hangs).
+    It is not a transport failure of the model: nothing was sent to the model.
+
+    Attributes:
+        url: the store's address, without its password.
+    """
+
+    def __init__(self, message: str, url: str = ""):
+        super().__init__(message)
+        self.url = url
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url))
+
+
+class BudgetExhaustedError(RetryError):
+    """The retry budget refused an extra request of the call (``retrylib.budget``).
+
+    A :class:`RetryError`: the call ends without a valid answer, and carries its attempts.
+    It is not a :class:`RetryExhaustedError`: the call had attempts left, the budget shared
+    by every call of its key did not (code that turns exhausted calls into human reviews
+    should not queue an outage).
+
+    Attributes:
+        key: the bucket's key (a model, a route, or a name the caller gave).
+        level: the bucket's level when the request was refused, in tokens.
+        max_tokens: the bucket's size.
+        threshold: extra requests need a level above this (``max_tokens / 2``).
+        kind: what the refused request was for (``transport``, ``reask``, ``fallback``,
+            ``judge``, ...).
+        reason: ``"budget"``.
+    """
+
+    reason = "budget"
+
+    def __init__(
+        self,
+        key: str,
+        level: float,
+        max_tokens: float,
+        threshold: float,
+        *,
+        kind: str = "retry",
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        message = (f"retry budget exhausted for key {key!r}: {_num(level)} of {max_tokens:g} "
+                   f"tokens (retries need > {_num(threshold)}); the {kind} request was not sent")
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.key, self.level, self.kind = key, float(level), kind
+        self.max_tokens, self.threshold = float(max_tokens), float(threshold)
+        self.reason = "budget"
+
+
+class CallCapExceededError(RetryError):
+    """The call's next attempt would pass its cap on tokens or cost (``retrylib.budget.CallCap``).
+
+    Attributes:
+        limit: ``"tokens"`` or ``"cost"``.
+        cap: the cap.
+        used: what the call's attempts used so far.
+        estimate: what the next attempt would use (see ``CallCap`` for the rule).
+        reason: ``"cap_tokens"`` or ``"cap_cost"``.
+    """
+
+    reason = "cap_tokens"
+
+    def __init__(
+        self,
+        limit: str,
+        cap: float,
+        used: float,
+        estimate: float,
+        *,
+        rule: str = "",
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        unit = "tokens" if limit == "tokens" else "cost"
+        fmt = (lambda v: f"{v:,.0f}") if limit == "tokens" else (lambda v: f"${v:.6g}")
+        message = (f"call cap on {unit} reached: {fmt(used)} used of {fmt(cap)}, and the next "
+                   f"attempt would take about {fmt(estimate)}" + (f" ({rule})" if rule else ""))
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.limit, self.cap, self.used, self.estimate = limit, float(cap), float(used), float(estimate)
+        self.reason = f"cap_{unit}"
+
+
+class CircuitOpenError(RetryError):
+    """The model's circuit breaker refused the request, and no fallback model is left.
+
+    Attributes:
+        key: the breaker's key (the model).
+        state: ``"open"``, or ``"half_open"`` when its probes are all in flight.
+        retry_in: seconds until the breaker lets a probe through (an estimate in half-open).
+        failures: the consecutive transport failures it counted.
+        reason: ``"circuit_open"``.
+    """
+
+    reason = "circuit_open"
+
+    def __init__(
+        self,
+        key: str,
+        state: str,
+        retry_in: float,
+        failures: int = 0,
+        *,
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        why = (f"after {failures} consecutive transport failures" if state == "open"
+               else "its half-open probe is still in flight")
+        message = (f"circuit breaker {state.replace('_', '-')} for {key!r} {why}: the request "
+                   f"was not sent; the next probe in {retry_in:.1f} s")
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.key, self.state, self.retry_in, self.failures = key, state, float(retry_in), int(failures)
+        self.reason = "circuit_open"
