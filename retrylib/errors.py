@@ -4,7 +4,8 @@
 
     RetrylibError
     ├── ConfigError (ValueError)      a programmer mistake: bad config, unknown validator type,
-    │                                 bad notebook parameter. Raised before any call is made.
+    │                                 bad argument or notebook parameter, a non-loopback host
+    │                                 for a testing server. Raised before any call is made.
     ├── MissingExtraError (ImportError)
     │                                 a feature needs an optional dependency; names the extra.
     ├── ServerStartError (RuntimeError)
@@ -12,32 +13,73 @@
     ├── ServerDiedError (RuntimeError)
     │                                 the embedded model server died after it started (a
     │                                 signal such as SIGSEGV, or an exit); quotes its log.
+    ├── ServerUnreachableError (ConnectionError)
+    │                                 a testing server in another process (``ChaosClient``'s
+    │                                 proxy) did not answer: refused, reset, timed out.
     ├── ExtractionError (ValueError)  no text could be read from a response. Inside the retry
     │                                 loop this is a failed validation ("empty response").
     ├── ProxyHTTPError                the proxy route got a non-2xx status. Carries status_code,
     │                                 lower-cased headers and the body, like litellm's errors.
     ├── MalformedResponseError        the proxy route got a 2xx whose body is not JSON (retryable,
-│                                 as litellm's InternalServerError is for the same fault)
-├── StateStoreError (RuntimeError)
-│                                 the shared state of the budget and the breaker (Redis) is
-│                                 unreachable, and the store was told ``on_error="raise"``
-└── RetryError                    a call that ended without a valid answer. Carries attempts.
+    │                                 as litellm's InternalServerError is for the same fault)
+    ├── StateStoreError (RuntimeError)
+    │                                 the shared state of the budget and the breaker (Redis) is
+    │                                 unreachable, and the store was told ``on_error="raise"``
+    └── RetryError                    a call that ended without a valid answer. Carries attempts.
         ├── NonRetryableError         one call, and an error retrying cannot fix (400, 401, ...)
+        │                             reason: "not_retryable:<kind>"
         ├── RetryExhaustedError       attempts ran out, the deadline did, or the server asked
         │                             for a wait beyond ``max_retry_after``
+        │                             reason: "max_attempts" | "deadline" | "retry_after"
         ├── HumanReviewNeededError    the M-th validation failure: a person has to look
+        │                             reason: "human"
+        ├── ValidatorError            a validator raised: a bug in it, so no retry
+        │                             reason: "validator_error"
         ├── BudgetExhaustedError      the retry budget refused an extra request: its bucket
         │                             is at or below the threshold (``retrylib.budget``)
+        │                             reason: "budget"
         ├── CallCapExceededError      the next attempt would pass the call's token or cost cap
+        │                             reason: "cap_tokens" | "cap_cost"
         └── CircuitOpenError          the model's circuit breaker is open (``retrylib.breaker``)
+                                      reason: "circuit_open"
+
+One meaning per attribute
+-------------------------
+The same name means the same thing on every error of the tree:
+
+===============  ==========================================================================
+``str(exc)``     the human-readable account, one line. On a ``RetryError`` ``exc.message``
+                 holds the same text.
+``reason``       a short, stable code for code to branch on (every ``RetryError``):
+                 ``max_attempts``, ``deadline``, ``retry_after`` (the server asked for a
+                 wait beyond ``max_retry_after``), ``not_retryable:<kind>``, ``human``,
+                 ``validator_error``, ``budget``, ``cap_tokens``, ``cap_cost``, ``circuit_open``.
+                 ``<kind>`` is ``http_<status>`` when the failure had a status, else the
+                 classifier's phrase as a slug (``connection_refused``,
+                 ``context_window_exceeded``, ``unexpected_error``). Never prose.
+``status_code``  the HTTP status of the reply that failed (``ProxyHTTPError``,
+                 ``NonRetryableError``); ``None`` when there was none. A 2xx with a bad
+                 body is ``MalformedResponseError.http_status``: it is not a failure status.
+``last_error``   a plain dict of the last transport failure's facts (``type``,
+                 ``status_code``, ``message``, ``headers``, ``retryable``, and ``reason``:
+                 the classifier's phrase, :attr:`retrylib.classify.Classification.reason`,
+                 such as ``"connection refused"``), or ``None``.
+``attempts``     every :class:`~retrylib.result.Attempt` the call made, in order.
+===============  ==========================================================================
 
 Every :class:`RetryError` pickles. litellm's exceptions do not (their constructors need
 arguments that pickling drops), so the errors keep the *facts* of the last failure
-(class name, status, message, headers) rather than the exception object.
+(class name, status, message, headers) rather than the exception object. A value that does
+not pickle (a response holding a lock, a user's object) is reduced to plain data when the
+error is pickled; what could not be reduced is replaced by a short placeholder string and
+its place is listed in ``exc.pickle_notes`` of the unpickled copy.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -85,6 +127,24 @@ class ServerDiedError(RetrylibError, RuntimeError):
         return (type(self), (str(self), self.returncode, self.signal_name))
 
 
+class ServerUnreachableError(RetrylibError, ConnectionError):
+    """A testing server in another process did not answer (refused, reset, timed out).
+
+    Raised by :class:`~retrylib.testing.chaos.ChaosClient` for a proxy it cannot reach: the
+    network failed, not the caller's arguments (those are a ``ConfigError``).
+
+    Attributes:
+        url: the address that did not answer.
+    """
+
+    def __init__(self, message: str, url: str = ""):
+        super().__init__(message)
+        self.url = url
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url))
+
+
 class ExtractionError(RetrylibError, ValueError):
     """No text could be extracted from a response (no choices, ``None`` content, unknown shape)."""
 
@@ -129,10 +189,14 @@ class RetryError(RetrylibError):
     """A call that ended without valid output.
 
     Attributes:
+        message: the human-readable account (``str(exc)``).
+        reason: a short code (see the module docstring); each subclass sets its own.
         attempts: every :class:`~retrylib.result.Attempt` made, in order.
         last_error: a plain dict describing the last failure (``type``, ``status_code``,
-            ``message``, ``headers``), or ``None``.
+            ``message``, ``headers``, ``retryable``, ``reason``), or ``None``.
     """
+
+    reason: str = "failed"
 
     def __init__(
         self,
@@ -148,7 +212,7 @@ class RetryError(RetrylibError):
         self.metrics: dict[str, Any] = {}  # filled in by the retry loop
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+        return (_rebuild, (type(self), self.message, picklable_state(self.__dict__)))
 
 
 def _rebuild(cls: type[RetryError], message: str, state: dict[str, Any]) -> RetryError:
@@ -158,16 +222,98 @@ def _rebuild(cls: type[RetryError], message: str, state: dict[str, Any]) -> Retr
     return obj
 
 
+def picklable_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (an error's ``__dict__``) made of values that pickle.
+
+    The common case costs one ``pickle.dumps`` of the whole state. Otherwise each value that
+    does not pickle is reduced to plain data: a mapping or sequence item by item, a pydantic
+    model by ``model_dump()``, any other object by its ``__dict__`` (with its class name under
+    ``"__type__"``). What still does not pickle (a lock, a socket, a generator) becomes a
+    placeholder string, and its place is listed under ``pickle_notes``.
+    """
+    try:
+        pickle.dumps(state)
+        return state
+    except Exception:  # anything an unpicklable object's __reduce__ raises
+        pass
+    notes: list[str] = list(state.get("pickle_notes") or ())
+    out = {k: _plain(v, k, notes, 0) for k, v in state.items() if k != "pickle_notes"}
+    out["pickle_notes"] = notes
+    return out
+
+
+_MAX_DEPTH = 12
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
+def _plain(value: Any, where: str, notes: list[str], depth: int) -> Any:
+    if _pickles(value):
+        return value
+    name = type(value).__qualname__
+    if depth < _MAX_DEPTH:
+        if isinstance(value, Mapping):
+            if type(value) is not dict:
+                notes.append(f"{where}: a {name} was reduced to a plain dict")
+            return {(k if _pickles(k) else repr(k)): _plain(v, f"{where}[{k!r}]", notes, depth + 1)
+                    for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            if type(value) not in (list, tuple):
+                notes.append(f"{where}: a {name} was reduced to a plain {'list' if isinstance(value, list) else 'tuple'}")
+            items = [_plain(v, f"{where}[{i}]", notes, depth + 1) for i, v in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        dump = getattr(value, "model_dump", None)
+        if callable(dump):
+            try:
+                data = dump()
+            except Exception:  # a model whose dump fails: fall through to its __dict__
+                pass
+            else:
+                notes.append(f"{where}: a {name} was reduced to its model_dump()")
+                return _plain(data, where, notes, depth + 1)
+        fields = getattr(value, "__dict__", None)
+        if isinstance(fields, dict):
+            notes.append(f"{where}: a {name} was reduced to a dict of its attributes")
+            return {"__type__": name,
+                    **{str(k): _plain(v, f"{where}.{k}", notes, depth + 1) for k, v in fields.items()}}
+    notes.append(f"{where}: a {name} that does not pickle was dropped")
+    return f"<{name}: dropped, it does not pickle>"
+
+
+def not_retryable_reason(phrase: str = "", status_code: int | None = None) -> str:
+    """The ``reason`` code of a :class:`NonRetryableError`: ``not_retryable:<kind>``.
+
+    ``<kind>`` is ``http_<status>`` when there was a status, else ``phrase`` (the classifier's
+    reason, such as ``"context window exceeded"``) as a slug, without a parenthesised tail.
+    A phrase that is already a ``not_retryable:`` code is returned as it is.
+    """
+    if phrase.startswith("not_retryable:"):
+        return phrase
+    if status_code is not None:
+        return f"not_retryable:http_{int(status_code)}"
+    kind = re.sub(r"[^a-z0-9]+", "_", re.sub(r"\s*\(.*\)\s*$", "", phrase.lower())).strip("_")
+    return f"not_retryable:{kind or 'unknown'}"
+
+
 class NonRetryableError(RetryError):
     """An error that retrying cannot fix; raised after exactly one call.
 
     The original exception is ``__cause__`` (it does not survive pickling; its facts do, in
-    ``last_error``).
+    ``last_error``, whose ``reason`` is the classifier's phrase).
 
     Attributes:
         status_code: the HTTP status, when there was one.
-        reason: why it is not retryable.
+        reason: ``not_retryable:<kind>`` (see :func:`not_retryable_reason`); the ``reason``
+            argument may be the classifier's phrase, which is turned into that code.
     """
+
+    reason = "not_retryable:unknown"
 
     def __init__(
         self,
@@ -180,15 +326,27 @@ class NonRetryableError(RetryError):
     ):
         super().__init__(message, attempts=attempts, last_error=last_error)
         self.status_code = status_code
-        self.reason = reason
+        self.reason = not_retryable_reason(reason, status_code)
+
+
+#: The ``reason`` codes of :class:`RetryExhaustedError`.
+EXHAUSTED_REASONS = ("max_attempts", "deadline", "retry_after")
+# Codes an older loop passed, and what they are now.
+_OLD_REASONS = {"retry_after_too_long": "retry_after"}
 
 
 class RetryExhaustedError(RetryError):
     """The attempts ran out, the deadline did, or the server asked for too long a wait.
 
     Attributes:
-        reason: one of ``max_attempts``, ``deadline``, ``retry_after_too_long``.
+        reason: one of ``max_attempts``, ``deadline``, ``retry_after`` (a ``Retry-After``
+            beyond ``max_retry_after``).
+
+    Raises:
+        ValueError: ``reason`` is not one of those codes (a bug in the caller).
     """
+
+    reason = "max_attempts"
 
     def __init__(
         self,
@@ -199,7 +357,32 @@ class RetryExhaustedError(RetryError):
         last_error: dict[str, Any] | None = None,
     ):
         super().__init__(message, attempts=attempts, last_error=last_error)
+        reason = _OLD_REASONS.get(reason, reason)
+        if reason not in EXHAUSTED_REASONS:
+            raise ValueError(f"RetryExhaustedError reason must be one of {EXHAUSTED_REASONS}, "
+                             f"got {reason!r}")
         self.reason = reason
+
+
+class ValidatorError(RetryError):
+    """A validator raised (or returned something that is not a verdict): a bug in it.
+
+    Retrying cannot fix a broken validator, so the call ends, keeping everything measured so
+    far: ``attempts`` (the last one holds the answer the validator choked on) and
+    ``metrics``. The validator's exception is ``__cause__``.
+
+    Attributes:
+        reason: always ``"validator_error"``.
+        validator: the name of the validator that raised.
+    """
+
+    reason = "validator_error"
+
+    def __init__(self, message: str, *, validator: str = "", attempts: list[Any] | None = None,
+                 last_error: dict[str, Any] | None = None):
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.reason = "validator_error"
+        self.validator = validator
 
 
 class HumanReviewNeededError(RetryError):
@@ -220,7 +403,7 @@ class HumanReviewNeededError(RetryError):
         config: the ``RetryConfig`` (a :class:`~retrylib.review.recorded.RecordedConfig`,
             which also reads as the dict it used to be: ``config["max_attempts"]``,
             ``config.get(...)``); ``config_dict`` is the plain dict.
-        reason: one line saying why a human is needed.
+        reason: always ``"human"``; ``str(exc)`` says why a human is needed.
         context: what the original design's ``PoCHumanReviewNeededError.context`` held, for a
             declarative call (``llm_call``): ``original_llm_config``, ``last_response``,
             ``attempt`` (and ``error`` when the last attempt failed in transport); ``{}`` for
@@ -230,9 +413,11 @@ class HumanReviewNeededError(RetryError):
         review_error: why the case could not be written, or ``None``.
     """
 
+    reason = "human"
+
     def __init__(
         self,
-        reason: str,
+        message: str,
         *,
         attempts: list[Any] | None = None,
         messages: list[dict[str, Any]] | None = None,
@@ -244,8 +429,8 @@ class HumanReviewNeededError(RetryError):
         context: dict[str, Any] | None = None,
         case_id: str | None = None,
     ):
-        super().__init__(reason, attempts=attempts, last_error=last_error)
-        self.reason = reason
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.reason = "human"
         self.context = dict(context or {})
         self.messages = list(messages or [])
         self.last_response = last_response
@@ -296,11 +481,11 @@ class HumanReviewNeededError(RetryError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k not in ("_config_view", "_context_sink")}
-        return (_rebuild, (type(self), self.message, state))
+        return (_rebuild, (type(self), self.message, picklable_state(state)))
 
     def summary(self) -> str:
         """A short, human-readable account of what happened."""
-        lines = [f"Human review needed: {self.reason}", f"attempts: {len(self.attempts)}"]
+        lines = [f"Human review needed: {self.message}", f"attempts: {len(self.attempts)}"]
         if self.case_id:
             lines.append(f"review case: {self.case_id}")
         for a in self.attempts:

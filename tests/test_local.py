@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from retrylib import ServerStartError
+from retrylib import ConfigError, ServerStartError
 from retrylib.testing.local import LocalModelServer, free_port, model_path
 
 
@@ -151,8 +151,8 @@ def test_server_not_answering_in_time_is_stopped(tmp_path):
 
 
 def test_non_loopback_host_refused():
-    """Only loopback addresses are allowed."""
-    with pytest.raises(ServerStartError, match="loopback"):
+    """Only loopback addresses are allowed: a ConfigError, as in the chaos proxy."""
+    with pytest.raises(ConfigError, match="loopback"):
         LocalModelServer("smollm2", host="0.0.0.0")
 
 

@@ -87,7 +87,7 @@ def case_from(loop: _Loop, exc: HumanReviewNeededError) -> Case:
                                   "tokens_out": m.get("validator_tokens_out", 0)}
     last_model = next((a.model for a in reversed(loop.attempts) if a.model), None)
     context = plain(exc.context)
-    return Case(id=new_case_id(), reason=exc.reason, state=plain(state),
+    return Case(id=new_case_id(), reason=exc.message, state=plain(state),
                 config=loop.config.model_dump(mode="json"), model=last_model or loop.call_model,
                 messages=plain(exc.messages), last_response=plain(exc.last_response),
                 last_text=exc.last_text, validation_errors=list(exc.validation_errors),

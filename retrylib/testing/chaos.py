@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from retrylib._extras import require
-from retrylib.errors import ConfigError
+from retrylib.errors import ConfigError, ProxyHTTPError, ServerUnreachableError
 from retrylib.testing._context import StartStop
 from retrylib.testing.faults import ERROR_TYPES, FAULTS, Fault, completion, parse_fault, parse_plan
 
@@ -420,13 +420,22 @@ class ChaosClient:
 
         try:
             resp = httpx.request(method, self.base_url + path, timeout=self.timeout, **kw)
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"chaos proxy at {self.base_url} is not reachable: {exc}") from exc
-        if resp.status_code >= 400:
+        except httpx.HTTPError as exc:  # the network failed, not the caller: not a ConfigError
+            raise ServerUnreachableError(f"chaos proxy at {self.base_url} is not reachable: "
+                                         f"{type(exc).__name__}: {exc}", self.base_url) from exc
+        if 400 <= resp.status_code < 500:  # a bad plan or key: the caller's mistake
             raise ConfigError(f"chaos proxy {method} {path}: HTTP {resp.status_code}: {resp.text[:300]}")
+        if resp.status_code >= 500:
+            raise ProxyHTTPError(resp.status_code, dict(resp.headers), resp.text)
         return resp.json()
 
     def health(self) -> dict[str, Any]:
+        """The proxy's health record.
+
+        Raises:
+            ServerUnreachableError: nothing answers at :attr:`url` (also from every other
+                method); a 4xx from a control endpoint (a bad plan) is a ``ConfigError``.
+        """
         return self._request("GET", "/_chaos/health")
 
     def set_plan(self, plan: str | Sequence[str] | None, key: str | None = None) -> None:

@@ -42,7 +42,7 @@ from typing import ClassVar
 import httpx
 from loguru import logger
 
-from retrylib.errors import MissingExtraError, ServerDiedError, ServerStartError
+from retrylib.errors import ConfigError, MissingExtraError, ServerDiedError, ServerStartError
 from retrylib.testing._context import StartStop
 
 KNOWN_MODELS = {
@@ -125,7 +125,7 @@ class LocalModelServer(StartStop):
                  log_path: str | Path | None = None, startup_timeout: float = 120.0,
                  extra_args: tuple[str, ...] = ()):
         if not host.startswith("127.") and host not in ("localhost", "::1"):
-            raise ServerStartError(f"host must be a loopback address, got {host!r}")
+            raise ConfigError(f"the model server binds to loopback only (host must be a loopback address), got {host!r}")
         self.model_name = model
         self.host = host
         self.port = port
