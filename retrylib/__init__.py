@@ -43,10 +43,13 @@ from retrylib.errors import (
     RetrylibError,
     ServerDiedError,
     ServerStartError,
+    ValidatorError,
 )
 from retrylib.extract import extract_text
 from retrylib.manager import retry_with_validation, retry_with_validation_sync
+from retrylib.hooks import AttemptDetails, CallInfo, LogHook, MemoryHook, RssHook
 from retrylib.result import Attempt, RetryResult
+from retrylib.stages import Constrained, Fallback, Human, Normal, Request, Stage, Tool
 
 if TYPE_CHECKING:
     from retrylib.cache import disable_cache, init_cache
@@ -74,7 +77,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "AttemptDetails",
     "Backoff",
+    "CallInfo",
+    "Constrained",
+    "Fallback",
+    "Human",
+    "LogHook",
+    "MemoryHook",
+    "Normal",
+    "Request",
+    "RssHook",
+    "Stage",
+    "Tool",
+    "ValidatorError",
     "Classification",
     "ConfigError",
     "ExtractionError",

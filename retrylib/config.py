@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrylib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from retrylib.stages import Ladder
 
 Jitter = Literal["none", "full", "equal", "decorrelated"]
 Stage = Literal["normal", "constrained", "fallback", "tool", "human"]
@@ -66,7 +71,7 @@ class FallbackModel(BaseModel):
         kwargs: extra keyword arguments for its calls.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     api_base: str | None = None
@@ -117,9 +122,27 @@ class RetryConfig(BaseModel):
         review_store: the SQLite file where a call that reaches the human stage is queued
             for review (:mod:`retrylib.review`). ``None``: ``$RETRYLIB_REVIEW_STORE`` if set,
             else no store (nothing is written unless asked for); ``False``: never.
+        max_replay_chars: a failed answer longer than this is cut (head and tail kept) when
+            it is replayed in a re-ask; the attempt's ``note`` says so. ``None``: no cap.
+        tool_mode: what the tool stage does with ``debug_tool_mcp_config``: ``inject`` adds
+            it to the request as ``mcp_config`` (the original design: a proxy that reads the
+            key starts the tools), ``execute`` starts the MCP servers here and runs the
+            model's tool calls, ``both`` does both. Default ``inject``: the original design's
+            behaviour, and no process is started unless asked for.
+        tool_max_rounds: in ``execute`` mode, tool rounds per attempt (then a final answer).
+        tool_timeout: in ``execute`` mode, seconds per tool call.
+        stages: extra ladder entries ``(failures, Stage)`` beside the built-in ones that the
+            threshold fields switch on (see ``retrylib.stages``).
+        hooks: objects told about each call and attempt (see ``retrylib.hooks``).
+        retry_on: classifies a transport failure: ``classify`` (the default) or a callable
+            ``(exception) -> Classification | bool`` (a bool overrides ``retryable`` only).
+        wait: the delay before retry ``n`` (``n = 1`` before attempt 2): a callable
+            ``(n) -> float``; default the backoff of ``initial_delay``, ``backoff_factor``,
+            ``max_delay`` and ``jitter``. ``Retry-After`` still applies on top.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True,
+                              allow_inf_nan=False, arbitrary_types_allowed=True)
 
     max_attempts: int = Field(3, ge=1, le=10_000)
     initial_delay: float = Field(0.5, ge=0)
@@ -149,6 +172,16 @@ class RetryConfig(BaseModel):
     trace_memory: bool = False
     max_validator_depth: int = Field(2, ge=0, le=10)
     review_store: str | Literal[False] | None = None
+    max_replay_chars: int | None = Field(32_000, ge=100)
+    tool_mode: Literal["inject", "execute", "both"] = "inject"
+    tool_max_rounds: int = Field(2, ge=0, le=20)
+    tool_timeout: float = Field(10.0, gt=0)
+
+    # Objects, not data: left out of model_dump() (a review case stores the data only).
+    stages: tuple[tuple[int, Any], ...] = Field((), exclude=True)
+    hooks: tuple[Any, ...] = Field((), exclude=True)
+    retry_on: Callable[..., Any] | None = Field(None, exclude=True)
+    wait: Callable[[int], float] | None = Field(None, exclude=True)
 
     @field_validator(
         "initial_delay", "max_delay", "attempt_timeout", "deadline", "max_retry_after", mode="before"
@@ -166,6 +199,34 @@ class RetryConfig(BaseModel):
             raise ValueError("review_store must be a file path, False (never) or None (the "
                              "environment's RETRYLIB_REVIEW_STORE)")
         return v
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _hooks_tuple(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        if callable(v) or not isinstance(v, list | tuple):
+            v = (v,)
+        return tuple(v)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _check_stages(cls, v: Any) -> Any:
+        from retrylib.stages import Stage
+
+        out = []
+        for i, entry in enumerate(v or ()):
+            if isinstance(entry, Stage):
+                raise ValueError(f"stages[{i}]: give (failures, stage), got a bare {entry!r}")
+            t, stage = entry
+            if isinstance(stage, type) and issubclass(stage, Stage):
+                stage = stage()
+            if not isinstance(stage, Stage):
+                raise ValueError(f"stages[{i}]: {stage!r} is not a retrylib.stages.Stage")
+            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+                raise ValueError(f"stages[{i}]: the failure count must be an int >= 0, got {t!r}")
+            out.append((t, stage))
+        return tuple(out)
 
     @field_validator("fallback_models", mode="before")
     @classmethod
@@ -198,6 +259,15 @@ class RetryConfig(BaseModel):
             raise ValueError("max_attempts_before_fallback is set but fallback_models is empty")
         if self.max_attempts_before_tool_use is not None and not self.debug_tool_name:
             raise ValueError("max_attempts_before_tool_use is set but debug_tool_name is empty")
+        taken = {t: s for s, t in ladder}
+        for t, stage in self.stages:
+            if t > self.max_attempts:
+                raise ValueError(f"stage {stage.name!r} at {t} must not exceed max_attempts "
+                                 f"({self.max_attempts})")
+            if t in taken or t == 0:
+                raise ValueError(f"stage {stage.name!r} at {t} would hide "
+                                 f"{taken.get(t, 'normal')!r}, which starts at {t} too")
+            taken[t] = stage.name
         return self
 
     def _thresholds(self) -> list[tuple[str, int | None]]:
@@ -219,15 +289,50 @@ class RetryConfig(BaseModel):
         """The stage of an attempt made after ``failures`` failed validations."""
         return stage_at(self.ladder(), failures)
 
+    @cached_property
+    def stage_ladder(self) -> Ladder:
+        """The ladder as stage objects: the built-ins switched on, plus ``stages``, in order."""
+        from retrylib.stages import BUILT_IN, Ladder
+
+        entries = [(t, i, BUILT_IN[s]()) for i, (s, t) in enumerate(self.ladder())]
+        entries += [(t, len(entries) + i, st) for i, (t, st) in enumerate(self.stages)]
+        entries.sort(key=lambda e: (e[0], e[1]))
+        return Ladder(tuple(t for t, _, _ in entries), tuple(st for _, _, st in entries))
+
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error("RetryConfig", exc)) from None
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> RetryConfig:
+        """As pydantic's, but a broken rule is a :class:`ConfigError`, as for the constructor."""
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"invalid RetryConfig: expected a mapping of fields, got "
+                              f"{type(obj).__name__}")
+        return cls(**obj)
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any) -> RetryConfig:
+        import json
+
+        try:
+            data = json.loads(json_data)
+        except ValueError as exc:
+            raise ConfigError(f"invalid RetryConfig: not JSON ({exc})") from None
+        return cls.model_validate(data)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> RetryConfig:
+        """A validated copy: ``update`` goes through every rule (pydantic's own skips them)."""
+        return self.replace(**dict(update or {}))
+
     def replace(self, **changes: Any) -> RetryConfig:
         """A copy with ``changes`` applied and validated."""
-        return type(self)(**{**self.model_dump(), **changes})
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**fields, **changes})
 
 
 def stage_at(ladder: list[tuple[str, int]], failures: int) -> str:

@@ -92,3 +92,14 @@ def build_messages(
         out.append({"role": "assistant", "content": ex.answer or ""})
         out.append({"role": "user", "content": ex.feedback})
     return out
+
+
+def cap_text(text: str, limit: int | None) -> tuple[str, int]:
+    """``text`` cut to about ``limit`` characters for replay: its head and its tail, with a
+    marker between that says how much was left out. Returns ``(text, characters cut)``."""
+    if limit is None or len(text) <= limit:
+        return text, 0
+    keep = max(limit - 60, 20)
+    head, tail = text[: keep * 3 // 4], text[-(keep // 4):]
+    cut = len(text) - len(head) - len(tail)
+    return f"{head}\n[... {cut} characters left out of the replay ...]\n{tail}", cut

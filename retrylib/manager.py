@@ -1,506 +1,290 @@
-"""``retry_with_validation``: the retry loop, its stages and its attempt records.
+"""``retry_with_validation``: the retry loop.
 
-One call, step by step:
+One call, step by step (the loop is :func:`_run`; each step is one function):
 
-1. Send the caller's messages (deep-copied) plus the replayed failures (``feedback``).
-2. A transport failure is classified (``classify``). Not retryable: ``NonRetryableError``
-   after that one call. Retryable: sleep the next backoff delay, or longer if the server
-   sent ``Retry-After``, and try again. Validation failures are re-asked at once (the server
-   is fine; the answer was not) unless ``delay_validation_retries`` is set.
-3. The answer's text is extracted and validated. Valid: return a ``RetryResult``. Invalid:
-   the failure count grows, the escalation ladder (``RetryConfig``) picks the next stage,
-   and the errors go back to the model.
-4. At the ``max_attempts_before_human``-th failure, ``HumanReviewNeededError`` (with a review
-   store configured, the case is written to it first: ``retrylib.review``; a reviewed call
-   goes on with ``continue_with_validation``); when the
-   attempts, the deadline or the patience for ``Retry-After`` run out,
-   ``RetryExhaustedError`` — unless some answer failed only ``Soft`` checks: then the best
-   of those (fewest soft errors, latest on a tie) is returned, its errors as ``warnings``.
+1. An attempt (``_Loop.attempt``) sends the caller's messages (deep-copied) plus the
+   replayed failures, shaped by the stages of the escalation ladder (``retrylib.stages``),
+   and comes back with a tagged outcome: ok, invalid, a transport failure, or a schema the
+   route refused (``retrylib.decision``).
+2. A pure function, :func:`~retrylib.decision.decide`, maps (state, outcome, policy) to the
+   next step: return, raise, retry after a delay (a retryable transport failure: the next
+   backoff delay, or longer if the server sent ``Retry-After``), re-ask (an invalid answer:
+   at once, unless ``delay_validation_retries``), or escalate to the next stage.
+3. At the terminal stage (``max_attempts_before_human``), ``HumanReviewNeededError`` (with
+   a review store configured, the case is written to it first: ``retrylib.review``; a
+   reviewed call goes on with ``continue_with_validation``); when the attempts, the
+   deadline or the patience for ``Retry-After`` run out, ``RetryExhaustedError``; an error
+   retrying cannot fix, ``NonRetryableError``. Unless some answer failed only ``Soft``
+   checks: then the best of those (fewest soft errors, latest on a tie) is returned, its
+   errors as ``warnings``, and it is the one the route caches.
 
-All state lives in the call's own frame: concurrent calls share nothing mutable.
+What is measured is a hook (``retrylib.hooks``): a call with none pays for none. All state
+lives in the call's own :class:`~retrylib.loop._Loop`: concurrent calls share nothing mutable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import inspect
 import os
-import sys
 import time
-import tracemalloc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
-
-from loguru import logger
 
 from retrylib._testmode import MODE
 from retrylib.backoff import Backoff
-from retrylib.classify import classify, error_facts
-from retrylib.config import STAGES, RetryConfig, stage_at
-from retrylib.constrained import (
-    asks_for_schema,
-    grammar_safe_schema,
-    looks_like_schema_rejection,
-    response_format_for,
-    schema_from_validators,
-)
+from retrylib.config import RetryConfig
+from retrylib.decision import OK, RAISE, RETURN, Decision, Policy, State, decide
 from retrylib.errors import (
-    ExtractionError,
+    ConfigError,
     HumanReviewNeededError,
     NonRetryableError,
     RetryError,
     RetryExhaustedError,
+    ValidatorError,
 )
-from retrylib.extract import (
-    extract_finish_reason,
-    extract_model,
-    extract_text,
-    extract_usage,
-    is_cache_hit,
-    response_cost,
-)
-from retrylib.feedback import Exchange, build_messages, feedback_text
-from retrylib.result import Attempt, RetryResult, summarize
-from retrylib.validators.base import ValidationContext, ValidationResult, Validator
-from retrylib.validators.combine import AllOf, _children, named_errors
+from retrylib.hooks import LOG_HOOK, MEMORY_HOOK, installed, safely
+from retrylib.loop import _Loop
+from retrylib.result import RetryResult
+from retrylib.validators.base import Validator
 
 if TYPE_CHECKING:
     from retrylib.review.store import ReviewStore
 
+__all__ = ["_Loop", "continue_with_validation", "retry_with_validation",
+           "retry_with_validation_sync", "run_sync"]
+
 Call = Callable[..., Awaitable[Any] | Any]
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-class _Rss:
-    """The resident set size, read cheaply on every attempt.
+async def _run(loop: _Loop) -> RetryResult:
+    """The loop: one attempt, one decision, until the decision is to return or to raise."""
+    wait = _wait_strategy(loop)
+    while True:
+        outcome = await loop.attempt()
+        n = len(loop.attempts)
+        planned = wait(n) if outcome.kind != OK else 0.0
+        d = decide(State(n, loop.failures, loop.stage), outcome, loop.policy, planned=planned,
+                   remaining=loop.remaining())
+        await loop.apply(d, outcome, planned)
+        if d.action == RETURN:
+            return await _accept(loop, loop.attempts[-1].number, loop.last_result,
+                                 loop.last_response, loop.last_text or "", warnings=())
+        if d.action == RAISE:
+            return await _give_up(loop, d)
+        if d.delay > 0 and not MODE.testing:
+            t = time.monotonic()
+            await asyncio.sleep(d.delay)  # CancelledError propagates: the call ends now
+            loop.slept = time.monotonic() - t
 
-    ``psutil`` costs ~11 µs a read (it opens and parses a /proc file each time); a kept
-    ``/proc/self/statm`` descriptor read with ``pread`` costs ~1 µs. Reopened after a fork.
-    Where there is no ``/proc`` (macOS), psutil is used if installed, else the peak RSS
-    from ``getrusage``.
+
+def _wait_strategy(loop: _Loop) -> Callable[[int], float]:
+    """``wait(n)``: the delay before retry ``n``: ``config.wait``, else the call's own backoff
+    (seeded with ``(seed, call_key)``: see ``retrylib.backoff``)."""
+    if loop.config.wait is not None:
+        return loop.config.wait
+    backoff = Backoff(loop.config, key=loop.call_key)
+    loop.call_key = backoff.key
+    return lambda n: next(backoff)
+
+
+async def _accept(loop: _Loop, number: int, result: Any, response: Any, text: str,
+                  warnings: tuple[str, ...]) -> RetryResult:
+    """The one return path: the answer is the result, and the route may cache it."""
+    req = loop.last_request if not warnings else next(s[5] for s in loop.softly if -s[1] == number)
+    assert req is not None
+    await loop.verdict_to_route("accept", req)
+    for *_, other in loop.softly:  # the other softly-failed answers are rejected now
+        if other is not req:
+            await loop.verdict_to_route("reject", other)
+    return RetryResult(content=text, response=response, parsed=getattr(result, "parsed", None),
+                       attempts=list(loop.attempts), metrics={}, warnings=warnings,
+                       accepted_attempt=number)
+
+
+async def _give_up(loop: _Loop, d: Decision) -> RetryResult:
+    """The one raise path, unless some answer failed only soft checks: then it is returned."""
+    if loop.softly and d.reason != "validator_error":
+        _, neg_number, result, response, text, _req = min(loop.softly, key=lambda s: s[:2])
+        loop.reached = max(loop.ladder.index_of(a.stage) for a in loop.attempts)
+        return await _accept(loop, -neg_number, result, response, text, warnings=result.errors)
+    err = _error(loop, d)
+    cause = (loop.crash.exc if loop.crash is not None and d.reason == "validator_error" else
+             loop.last_exc if loop.attempts[-1].outcome == "transport_error" else None)
+    raise err from cause
+
+
+def _error(loop: _Loop, d: Decision) -> RetryError:
+    """The error that ends the call, for the decision's reason."""
+    c, attempts, last = loop.config, list(loop.attempts), loop.last_error
+    if d.reason == "human":
+        m = c.max_attempts_before_human
+        return HumanReviewNeededError(
+            f"{loop.failures} answers failed validation (max_attempts_before_human={m}); "
+            f"last errors: {'; '.join(loop.last_errors)[:300]}",
+            attempts=attempts, messages=loop.last_messages, last_response=loop.last_response,
+            last_text=loop.last_text, validation_errors=loop.last_errors, config=c.model_dump(),
+            last_error=last)
+    if d.reason == "non_retryable":
+        v, exc = loop.last_verdict, loop.last_exc
+        assert v is not None and exc is not None
+        return NonRetryableError(f"not retryable ({v.reason}): {type(exc).__name__}: {str(exc)[:300]}",
+                                 status_code=v.status_code, reason=v.reason, attempts=attempts,
+                                 last_error=last)
+    if d.reason == "validator_error":
+        crash = loop.crash
+        assert crash is not None
+        err = ValidatorError(f"{crash} (attempt {len(attempts)}; a validator must return a "
+                             "ValidationResult, not raise)", validator=crash.name,
+                             attempts=attempts, last_error=last)
+        return err
+    if d.reason == "deadline":
+        where: tuple[Any, ...] = d.detail or ("validating", len(attempts), 0.0)
+        msg = (f"the deadline ({c.deadline}s) would pass during the {where[2]:.2f}s backoff "
+               f"before attempt {where[1]}" if where[0] == "backoff" else
+               f"the deadline ({c.deadline}s) passed during attempt {where[1]}"
+               if where[0] == "during" else
+               f"the deadline ({c.deadline}s) passed while attempt {where[1]} was validated")
+    elif d.reason == "retry_after":
+        msg = (f"the server asked to wait {d.detail:.1f}s, more than max_retry_after "
+               f"({c.max_retry_after}s)")
+    else:
+        invalid = loop.attempts[-1].outcome == "validation_failed"
+        msg = (f"all {loop.policy.max_attempts} attempts failed; last: "
+               + ("; ".join(loop.last_errors)[:300] if invalid
+                  else str((last or {}).get("message", ""))[:300]))
+    return RetryExhaustedError(msg, reason=d.reason, attempts=attempts, last_error=last)
+
+
+def _policy(config: RetryConfig, first: int) -> Policy:
+    """The decision rules of a call (cached on the config; test mode may cap the attempts)."""
+    policy: Policy | None = config.__dict__.get("_policy")
+    if policy is None:
+        ladder = config.stage_ladder
+        policy = Policy(config.max_attempts, ladder.thresholds,
+                        tuple(s.terminal for s in ladder.stages), config.respect_retry_after,
+                        config.max_retry_after, config.delay_validation_retries)
+        config.__dict__["_policy"] = policy
+    if MODE.testing and MODE.attempts:
+        cap = min(config.max_attempts, first - 1 + MODE.attempts)
+        if cap != policy.max_attempts:
+            return Policy(cap, *(getattr(policy, f) for f in
+                                 ("thresholds", "terminal", "respect_retry_after",
+                                  "max_retry_after", "delay_validation_retries")))
+    return policy
+
+
+def _hooks(config: RetryConfig) -> tuple[Any, ...]:
+    own = config.hooks
+    if config.debug_mode:
+        own = (*own, LOG_HOOK)
+    if config.trace_memory:
+        own = (*own, MEMORY_HOOK)
+    glob = installed()
+    return (*own, *glob) if glob else own
+
+
+_ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+
+
+def check_arguments(call: Any, messages: Any, validators: Any, config: Any) -> RetryConfig:
+    """Check the arguments at the door: a ``ConfigError`` names the one that is wrong.
+
+    Returns:
+        The ``RetryConfig`` (a mapping is turned into one; ``None`` gives the defaults).
     """
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        self._pid = -1
-
-    def __call__(self) -> int:
-        pid = os.getpid()
-        try:
-            if self._pid != pid:
-                self._fd, self._pid = os.open("/proc/self/statm", os.O_RDONLY), pid
-            return int(os.pread(self._fd, 64, 0).split()[1]) * _PAGE  # type: ignore[arg-type]
-        except (OSError, ValueError, IndexError):
-            return _rss_without_proc()
-
-
-def _rss_without_proc() -> int:
-    try:
-        import psutil
-    except ImportError:
-        import resource
-
-        # ru_maxrss is the peak, in KiB on Linux and bytes on macOS: the best there is here.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
-    return int(psutil.Process().memory_info().rss)
-
-
-_rss = _Rss()
-
-
-_LEVEL = {s: i for i, s in enumerate(STAGES)}
-_CUT_OFF = ("Your previous answer was cut off at the token limit before it was complete: "
-            "give a shorter answer that fits.")
-_CONSTRAINED, _FALLBACK, _TOOL = _LEVEL["constrained"], _LEVEL["fallback"], _LEVEL["tool"]
-
-
-class _Loop:
-    """The state of one call. Made per call, never shared."""
-
-    def __init__(self, call: Call, messages: Sequence[dict[str, Any]], validators: Sequence[Validator],
-                 config: RetryConfig, response_format: Any, depth: int, call_kwargs: dict[str, Any]):
-        self.call = call
-        self.base = copy.deepcopy(list(messages))
-        self.validators = list(validators)  # as given: a review case records each one
-        # One validator is used as is (AllOf around it only costs time; _children checks it).
-        self.validator = (_children("validators", tuple(validators))[0] if len(validators) == 1
-                          else AllOf(*validators) if validators else None)
-        self.config = config
-        self.response_format = response_format
-        self.depth = depth
-        self.call_kwargs = call_kwargs
-        self.attempts: list[Attempt] = []
-        self.history: list[Exchange] = []
-        self.subresults: list[Any] = []
-        self.failures = 0
-        self.stage_reached = "normal"
-        self.t0 = time.monotonic()
-        self.deadline_at = self.t0 + config.deadline if config.deadline else None
-        self.last_error: dict[str, Any] | None = None
-        self.last_response: Any = None
-        self.last_text: str | None = None
-        self.last_errors: list[str] = []
-        self.last_suggestions: tuple[str, ...] = ()
-        self.last_messages: list[dict[str, Any]] = []
-        self.case_id: str | None = None  # the review case this call continues, if any
-        self.has_k = config.max_attempts_before_constrained is not None
-        schema = schema_from_validators(validators) if self.has_k else None
-        self.schema: dict[str, Any] | None
-        self.schema_dropped: list[str]
-        self.schema, self.schema_dropped = grammar_safe_schema(schema) if schema else (None, [])
-        self.constrained_off: str | None = None if self.schema else (
-            "no validator provides a JSON schema" if self.has_k else None)
-        self.constrained_tried = False
-        self.caller_constrains = asks_for_schema(response_format)
-        self.ladder = config.ladder()  # computed once: the hot path asks for it per attempt
-        self.stage = stage_at(self.ladder, 0)  # the stage of the next attempt; moves on each failure
-        self.call_model = getattr(call, "model", None)
-        self.fresh = config.escalation_history == "fresh"
-        self.history_from = 0  # with ``fresh``: where the current stage's history starts
-        self.prev_stage = ""
-        # Answers that failed only soft checks: (soft errors, -attempt number, result, response, text)
-        self.softly: list[tuple[int, int, ValidationResult, Any, str]] = []
-
-    # -- one attempt's request -------------------------------------------------------------
-    def request(self, stage: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-        """The messages and kwargs of the next attempt, and facts about them."""
-        c = self.config
-        if self.fresh and stage != self.prev_stage and stage in ("constrained", "fallback"):
-            self.history_from = len(self.history)  # the stage starts over (see RetryConfig)
-        self.prev_stage = stage
-        history = self.history[self.history_from:] if self.history_from else self.history
-        msgs = build_messages(self.base, history, c.feedback_history)
-        kw = dict(self.call_kwargs)
-        # "grammar": retrylib itself put the schema in this request (so it can take it out again).
-        facts: dict[str, Any] = {"constrained": self.caller_constrains, "grammar": False,
-                                 "mcp": False, "note": None}
-        if c.attempt_timeout is not None:
-            kw.setdefault("timeout", c.attempt_timeout)
-        if self.response_format is not None:
-            kw["response_format"] = self.response_format
-        level = _LEVEL[stage]
-        if level >= _CONSTRAINED and self.has_k:
-            if self.schema is not None and self.constrained_off is None:
-                kw["response_format"] = response_format_for(self.schema, c.constrained_format)
-                facts["constrained"] = facts["grammar"] = True
-                if self.schema_dropped:
-                    facts["note"] = "left to the validators: " + "; ".join(self.schema_dropped)
-            else:
-                facts["note"] = f"constrained stage skipped: {self.constrained_off}"
-        if level >= _FALLBACK and c.fallback_models:
-            idx = min(self.failures - (c.max_attempts_before_fallback or 0), len(c.fallback_models) - 1)
-            kw.update(c.fallback_models[max(0, idx)].call_kwargs())
-        if level >= _TOOL and c.debug_tool_mcp_config is not None:
-            kw["mcp_config"] = copy.deepcopy(c.debug_tool_mcp_config)
-            facts["mcp"] = True
-        return msgs, kw, facts
-
-    def exchange(self, answer: str, guidance: str | None = None) -> Exchange:
-        """The replay of the last failed answer: its feedback, written for the current stage."""
-        c = self.config
-        suggestions = self.last_suggestions
-        if guidance:  # a reviewer's words come first: they say what the validators could not
-            suggestions = (f"A human reviewer's guidance: {guidance}", *suggestions)
-        return Exchange(answer, feedback_text(
-            self.last_errors, suggestions, original_prompt=c.original_user_prompt,
-            tool_name=c.debug_tool_name if _LEVEL[self.stage] >= _TOOL else None))
-
-    # -- recorded state (a review case), and continuing from it --------------------------------
-    def state(self) -> dict[str, Any]:
-        """The call's state as plain data: enough for :func:`continue_with_validation`."""
-        return {"base": copy.deepcopy(self.base), "attempts": [a.to_dict() for a in self.attempts],
-                "history": [[e.answer, e.feedback] for e in self.history],
-                "failures": self.failures, "stage_reached": self.stage_reached,
-                "history_from": self.history_from, "constrained_off": self.constrained_off,
-                "constrained_tried": self.constrained_tried, "last_text": self.last_text,
-                "last_errors": list(self.last_errors), "last_suggestions": list(self.last_suggestions)}
-
-    def restore(self, state: Mapping[str, Any], guidance: str | None = None) -> None:
-        """Go on from ``state`` (:meth:`state` of a call that stopped at the human stage).
-
-        The last failed answer is replayed with its feedback (and ``guidance``) on the next
-        attempt, as it would have been had the call not stopped; attempt numbers continue.
-        """
-        from retrylib.review.case import attempt_from
-
-        self.attempts = [attempt_from(a) for a in state["attempts"]]
-        self.history = [Exchange(a, f) for a, f in state["history"]]
-        self.failures = int(state["failures"])
-        self.stage_reached = state.get("stage_reached", "normal")
-        self.history_from = int(state.get("history_from", 0))
-        self.constrained_off = state.get("constrained_off", self.constrained_off)
-        self.constrained_tried = bool(state.get("constrained_tried"))
-        self.last_text = state.get("last_text")
-        self.last_errors = list(state.get("last_errors", ()))
-        self.last_suggestions = tuple(state.get("last_suggestions", ()))
-        self.case_id = state.get("case_id")
-        self.stage = stage_at(self.ladder, self.failures)
-        # The resumed leg goes on in its stage: no "fresh" restart that would drop the guidance.
-        self.prev_stage = self.stage
-        self.history.append(self.exchange(self.last_text or "", guidance))
-        # The attempts' time axis goes on where it stopped (the review's wait is left out; the
-        # wall-clock ``timestamp`` shows it); the deadline, if any, starts afresh.
-        now = time.monotonic()
-        self.t0 = now - (self.attempts[-1].end if self.attempts else 0.0)
-        self.deadline_at = now + self.config.deadline if self.config.deadline else None
-        # The validators' calls of the first leg still count in the metrics.
-        self.subresults = [SimpleNamespace(metrics=dict(state.get("validator_metrics") or {}))]
-
-    def remaining(self) -> float | None:
-        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
-
-    def record(self, fields: dict[str, Any]) -> Attempt:
-        """Make the attempt's record from ``fields`` (the number and RSS are added here)."""
-        a = Attempt(number=len(self.attempts) + 1, rss_bytes=_rss(), **fields)
-        self.attempts.append(a)
-        if self.config.debug_mode:
-            logger.debug(
-                "attempt {} [{}] {} slept={:.3f}s{}{}", a.number, a.stage, a.outcome, a.slept,
-                f" error={a.error_type}({a.status_code})" if a.error_type else "",
-                f" validation={list(a.validation_errors)[:3]}" if a.validation_errors else "",
-            )
-        return a
-
-    def metrics(self, peak: int | None) -> dict[str, Any]:
-        return summarize(self.attempts, self.subresults, self.stage_reached, peak)
-
-    def exhausted(self, message: str, reason: str) -> RetryExhaustedError:
-        return RetryExhaustedError(message, reason=reason, attempts=list(self.attempts),
-                                   last_error=self.last_error)
-
-    # -- the loop ----------------------------------------------------------------------------
-    async def run(self) -> RetryResult:
-        try:
-            return await self._run()
-        except (HumanReviewNeededError, RetryExhaustedError):
-            if not self.softly:
-                raise
-            # Some answer failed only soft checks: it is the result, with warnings.
-            _, neg_number, result, response, text = min(self.softly)
-            self.stage_reached = max((a.stage for a in self.attempts), key=_LEVEL.__getitem__)
-            return RetryResult(content=text, response=response, parsed=result.parsed,
-                               attempts=list(self.attempts), metrics={},
-                               warnings=result.errors, accepted_attempt=-neg_number)
-
-    async def _run(self) -> RetryResult:
-        c = self.config
-        backoff = Backoff(c)
-        retry_after: float | None = None
-        last_kind = ""  # "transport" | "rejected" (the route refused the schema) | "validation" | ""
-        # Test mode (retrylib.testing.set_testing) may cap the attempts, and skips the sleeps.
-        first = len(self.attempts) + 1  # > 1 when the call goes on from recorded state
-        max_attempts = c.max_attempts
-        if MODE.testing and MODE.attempts:
-            max_attempts = min(max_attempts, first - 1 + MODE.attempts)
-        for n in range(first, max_attempts + 1):
-            scheduled = slept = 0.0
-            if n > first:
-                planned = next(backoff)
-                if last_kind == "transport" or c.delay_validation_retries:
-                    scheduled = planned
-                wait = scheduled
-                if last_kind == "transport" and retry_after is not None and c.respect_retry_after:
-                    if retry_after > c.max_retry_after:
-                        raise self.exhausted(
-                            f"the server asked to wait {retry_after:.1f}s, more than max_retry_after "
-                            f"({c.max_retry_after}s)", "retry_after_too_long")
-                    wait = max(wait, retry_after)
-                left = self.remaining()
-                if left is not None and wait >= left:
-                    raise self.exhausted(
-                        f"the deadline ({c.deadline}s) would pass during the {wait:.2f}s backoff "
-                        f"before attempt {n}", "deadline")
-                if wait > 0 and not MODE.testing:
-                    t = time.monotonic()
-                    await asyncio.sleep(wait)  # CancelledError propagates: the call ends now
-                    slept = time.monotonic() - t
-            stage = self.stage
-            if _LEVEL[stage] > _LEVEL[self.stage_reached]:
-                self.stage_reached = stage
-            msgs, kw, facts = self.request(stage)
-            self.last_messages = msgs
-            if facts["constrained"]:
-                self.constrained_tried = True
-            left = self.remaining()
-            if left is not None:
-                kw["timeout"] = min(kw.get("timeout") or left, left)
-            common = dict(stage=stage, scheduled_delay=scheduled, slept=slept,
-                          retry_after=retry_after, tool_suggested=_LEVEL[stage] >= _TOOL
-                          and bool(c.debug_tool_name) and bool(self.history),
-                          mcp_config_sent=facts["mcp"], constrained=facts["constrained"],
-                          model=kw.get("model") or self.call_model, messages_sent=len(msgs),
-                          timestamp=time.time())
-            start = time.monotonic() - self.t0
-            try:
-                response = await self._invoke(msgs, kw, left)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                verdict = classify(exc)
-                self.last_error = error_facts(exc, verdict)
-                note = facts["note"]
-                if facts["grammar"] and looks_like_schema_rejection(
-                        verdict.status_code, verdict.retryable, verdict.reason):
-                    # The route refused the schema: skip the stage and retry at once.
-                    self.constrained_off = f"route rejected response_format ({verdict.error_type} {verdict.status_code})"
-                    note = f"constrained stage skipped: {self.constrained_off}"
-                    retry_after, last_kind = None, "rejected"
-                else:
-                    retry_after, last_kind = verdict.retry_after, "transport"
-                common.update(start=start, end=time.monotonic() - self.t0, outcome="transport_error",
-                              error_type=verdict.error_type, status_code=verdict.status_code,
-                              error_message=str(exc)[:500], retryable=verdict.retryable, note=note)
-                self.record(common)
-                if last_kind == "rejected":
-                    continue
-                if not verdict.retryable:
-                    raise NonRetryableError(
-                        f"not retryable ({verdict.reason}): {type(exc).__name__}: {str(exc)[:300]}",
-                        status_code=verdict.status_code, reason=verdict.reason,
-                        attempts=list(self.attempts), last_error=self.last_error) from exc
-                left = self.remaining()
-                if left is not None and left <= 0:
-                    raise self.exhausted(f"the deadline ({c.deadline}s) passed during attempt {n}",
-                                         "deadline") from exc
-                continue
-            end = time.monotonic() - self.t0
-            result = await self._validate(response, msgs, n)
-            text = self.last_text
-            if type(response) is str:  # a plain-text route: no usage, cost, cache flag or model
-                common.update(start=start, end=end, text=text, note=facts["note"])
-            else:
-                tin, tout = extract_usage(response)
-                common.update(start=start, end=end, text=text, tokens_in=tin, tokens_out=tout,
-                              cost=response_cost(response), cache_hit=is_cache_hit(response),
-                              note=facts["note"], model=common["model"] or extract_model(response),
-                              finish_reason=extract_finish_reason(response))
-            if result.valid:
-                common["outcome"] = "ok"
-                self.record(common)
-                await self._verdict_to_route("accept", msgs, kw)
-                return RetryResult(content=text or "", response=response, parsed=result.parsed,
-                                   attempts=list(self.attempts), metrics={},
-                                   accepted_attempt=self.attempts[-1].number)
-            self.failures += 1
-            retry_after, last_kind = None, "validation"
-            self.last_errors = list(result.errors)
-            common.update(outcome="validation_failed", validation_errors=tuple(result.errors))
-            a = self.record(common)
-            if result.soft and text is not None:
-                self.softly.append((len(result.errors), -a.number, result, response, text))
-            await self._verdict_to_route("reject", msgs, kw)
-            self.last_suggestions = tuple(result.suggestions)
-            if common.get("finish_reason") == "length":  # the answer was cut, not just wrong
-                self.last_suggestions = (_CUT_OFF, *self.last_suggestions)
-            m = c.max_attempts_before_human
-            if m is not None and self.failures >= m:
-                self.stage_reached = "human"
-                raise HumanReviewNeededError(
-                    f"{self.failures} answers failed validation (max_attempts_before_human={m}); "
-                    f"last errors: {'; '.join(self.last_errors)[:300]}",
-                    attempts=list(self.attempts), messages=self.last_messages,
-                    last_response=self.last_response, last_text=self.last_text,
-                    validation_errors=self.last_errors, config=c.model_dump(),
-                    last_error=self.last_error)
-            self.stage = stage_at(self.ladder, self.failures)
-            self.history.append(self.exchange(text or ""))
-        raise self.exhausted(
-            f"all {max_attempts} attempts failed; last: "
-            + ("; ".join(self.last_errors)[:300] if last_kind == "validation"
-               else str((self.last_error or {}).get("message", ""))[:300]),
-            "max_attempts")
-
-    async def _invoke(self, msgs: list[dict[str, Any]], kw: dict[str, Any], left: float | None) -> Any:
-        out = self.call(messages=msgs, **kw)
-        if inspect.isawaitable(out):
-            if left is None:
-                return await out
-            # The route's own timeout should fire first; this is the backstop for the deadline.
-            async with asyncio.timeout(left):
-                return await out
-        return out
-
-    async def _validate(self, response: Any, msgs: list[dict[str, Any]], n: int) -> ValidationResult:
-        self.last_response = response
-        try:
-            text = extract_text(response)
-        except ExtractionError as exc:
-            self.last_text = None
-            return ValidationResult.fail(f"empty response: {exc}",
-                                         suggestions=("Reply with the requested content.",))
-        self.last_text = text
-        if self.validator is None:
-            return ValidationResult.ok()
-        ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
-                                max_depth=self.config.max_validator_depth)
-        try:
-            r = await self.validator.validate(text, ctx)
-        finally:
-            self.subresults.extend(ctx.subresults)
-        if not r.valid and not r.errors:  # say which check failed, as AllOf does
-            r = ValidationResult(False, named_errors(self.validator, r), r.suggestions, r.parsed, r.soft)
-        return r
-
-    async def _verdict_to_route(self, verdict: str, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> None:
-        """Tell the route (``call.accept`` / ``call.reject``) what became of its answer.
-
-        The route caches only accepted answers and evicts rejected ones, so a rejected
-        answer is never served from a cache again.
-        """
-        hook = getattr(self.call, verdict, None)
-        if hook is not None:
-            try:
-                out = hook(messages=msgs, **kw)
-                if inspect.isawaitable(out):
-                    await out
-            except Exception as exc:  # a cache that fails must not end the call
-                logger.warning("cache {} failed: {}: {}", verdict, type(exc).__name__, exc)
+    if not callable(call):
+        raise ConfigError(f"call must be callable (async call(messages=..., **kw)), got "
+                          f"{type(call).__name__}")
+    if not isinstance(messages, list | tuple) or not messages:
+        got = type(messages).__name__ if messages is not None else "None"
+        raise ConfigError(f"messages must be a non-empty list of message dicts "
+                          f"({{'role': ..., 'content': ...}}), got {got}"
+                          + (" of length 0" if isinstance(messages, list | tuple) else ""))
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"messages[{i}] must be a dict with 'role' and 'content', got "
+                              f"{type(m).__name__}")
+        role = m.get("role")
+        if not isinstance(role, str) or not role:
+            raise ConfigError(f"messages[{i}] has no 'role' (one of {', '.join(_ROLES)})")
+        content = m.get("content")
+        if content is None and not (m.get("tool_calls") or m.get("function_call")):
+            raise ConfigError(f"messages[{i}] ({role}) has no content: give a string or a list of "
+                              "content parts (None is only allowed beside tool_calls)")
+        if content is not None and not isinstance(content, str | list):
+            raise ConfigError(f"messages[{i}] ({role}): content must be a string or a list of "
+                              f"content parts, got {type(content).__name__}")
+    if validators is not None:
+        if not isinstance(validators, list | tuple):
+            raise ConfigError(f"validators must be a list of validators, got "
+                              f"{type(validators).__name__} (wrap one in a list: [v])")
+        for i, v in enumerate(validators):
+            if not callable(getattr(v, "validate", None)):
+                raise ConfigError(f"validators[{i}] ({type(v).__name__}) is not a validator: it "
+                                  "has no validate(text, context) method")
+    if config is None:
+        return RetryConfig()
+    if isinstance(config, RetryConfig):
+        return config
+    if isinstance(config, Mapping):
+        return RetryConfig.model_validate(config)
+    raise ConfigError(f"config must be a RetryConfig (or a dict of its fields), got "
+                      f"{type(config).__name__}")
 
 
 async def retry_with_validation(
     call: Call,
     messages: Sequence[dict[str, Any]],
     validators: Sequence[Validator] | None = None,
-    config: RetryConfig | None = None,
+    config: RetryConfig | Mapping[str, Any] | None = None,
     response_format: Any = None,
     *,
     depth: int = 0,
     review_store: ReviewStore | str | None = None,
+    call_key: str | int | None = None,
     **call_kwargs: Any,
 ) -> RetryResult:
     """Call ``call`` until its answer passes every validator.
 
     Args:
-        call: ``async call(messages=..., **kw)`` (or a plain function) returning an OpenAI
-            or Anthropic dict, a litellm ``ModelResponse`` or a ``str``. For the fallback
-            stage it must accept ``model=`` (and ``api_base=``) overrides, as
-            :func:`retrylib.client.make_call` does. If it has ``accept``/``reject(messages=..., **kw)``
-            methods, they hear each verdict (the route caches only accepted answers).
-        messages: the conversation; never mutated.
-        validators: every one must pass; none means any extractable text is accepted.
-        config: the retry configuration (defaults to ``RetryConfig()``).
+        call: ``async call(messages=..., **kw)`` (or a plain function: it runs in a worker
+            thread when ``attempt_timeout`` or ``deadline`` must bound it) returning an
+            OpenAI or Anthropic dict, a litellm ``ModelResponse`` or a ``str``. For the
+            fallback stage it must accept ``model=`` (and ``api_base=``) overrides, as
+            :func:`retrylib.client.make_call` does. If it has
+            ``accept``/``reject(messages=..., **kw)`` methods, they hear each verdict (the
+            route caches only accepted answers).
+        messages: the conversation (a non-empty list of ``{"role", "content"}`` dicts);
+            never mutated.
+        validators: a list; every one must pass; none means any extractable text is accepted.
+        config: the retry configuration (a ``RetryConfig``, or a dict of its fields;
+            defaults to ``RetryConfig()``).
         response_format: passed through to every attempt (the constrained stage overrides).
         depth: how many validation calls enclose this one (set by ``LLMJudge``).
         review_store: where a call that reaches the human stage is queued for review (a
             :class:`~retrylib.review.ReviewStore` or a SQLite path); default
             ``config.review_store``, else ``$RETRYLIB_REVIEW_STORE``, else nowhere.
+        call_key: with ``config.seed``, makes this call's backoff reproducible (the RNG is
+            seeded with the pair); by default each call gets its own key, so calls sharing a
+            seed do not retry in lockstep. ``metrics["call_key"]`` is the key a call took.
         **call_kwargs: passed to every call (``temperature``, ``extra_headers``, ...).
 
     Returns:
         A :class:`RetryResult` whose ``content`` passed validation.
 
     Raises:
+        ConfigError: an argument is wrong (raised before any call is made).
         NonRetryableError: after one call, on an error retrying cannot fix.
         RetryExhaustedError: attempts, deadline or ``Retry-After`` patience ran out.
         HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure;
             with a review store, the case is written first and ``case_id`` names it.
+        ValidatorError: a validator raised (the attempts so far are kept).
         asyncio.CancelledError: cancellation ends the call at once, even mid-backoff.
     """
-    config = config or RetryConfig()
-    loop = _Loop(call, messages, list(validators or ()), config, response_format, depth, call_kwargs)
+    config = check_arguments(call, messages, validators, config)
+    loop = _Loop(call, messages, list(validators or ()), config, response_format, depth,
+                 call_kwargs, _policy(config, 1), _hooks(config))
+    loop.call_key = call_key
     return await _drive(loop, review_store)
 
 
@@ -508,7 +292,7 @@ async def continue_with_validation(
     call: Call,
     state: Mapping[str, Any],
     validators: Sequence[Validator] | None = None,
-    config: RetryConfig | None = None,
+    config: RetryConfig | Mapping[str, Any] | None = None,
     response_format: Any = None,
     *,
     guidance: str | None = None,
@@ -541,32 +325,71 @@ async def continue_with_validation(
     Raises:
         The errors of :func:`retry_with_validation`.
     """
-    config = config or RetryConfig()
+    config = check_arguments(call, state["base"], validators, config)
+    first = len(state.get("attempts") or ()) + 1
     loop = _Loop(call, state["base"], list(validators or ()), config, response_format, depth,
-                 call_kwargs)
+                 call_kwargs, _policy(config, first), _hooks(config))
     loop.restore(state, guidance)
     return await _drive(loop, review_store)
 
 
 async def _drive(loop: _Loop, review_store: ReviewStore | str | None) -> RetryResult:
-    config = loop.config
-    started_tracing = False
-    if config.trace_memory and not tracemalloc.is_tracing():
-        tracemalloc.start()
-        started_tracing = True
+    """Run the call; fill in its metrics; tell the hooks; queue a human case for review."""
+    if loop.hooks:
+        for h in loop.hooks:
+            safely(h, "call_started", loop.info)
     try:
-        result = await loop.run()
+        if loop.config.tool_mode != "inject" and loop.config.debug_tool_mcp_config is not None:
+            result = await _with_tools(loop)
+        else:
+            result = await _run(loop)
     except RetryError as exc:
-        exc.metrics = _finish(loop, started_tracing)
+        exc.metrics = _finish(loop, exc)
         if isinstance(exc, HumanReviewNeededError):
             _queue_for_review(loop, exc, review_store)
         raise
-    except BaseException:
-        _finish(loop, started_tracing)
+    except BaseException as exc:
+        _finish(loop, exc)
         raise
-    result.metrics = _finish(loop, started_tracing)
+    result.metrics = _finish(loop, result)
     result.metrics["accepted_with_warnings"] = bool(result.warnings)
     return result
+
+
+async def _with_tools(loop: _Loop) -> RetryResult:
+    """The loop with the tool stage's MCP servers: started once, when the stage is first
+    reached, and closed when the call ends, however it ends."""
+    from retrylib.tools.lazy import LazyToolSession
+
+    async with LazyToolSession(loop.config.debug_tool_mcp_config) as session:
+        loop.tool_session = session
+        return await _run(loop)
+
+
+def _finish(loop: _Loop, outcome: Any) -> dict[str, Any]:
+    metrics = loop.metrics()
+    if loop.config.seed is not None:
+        metrics["call_key"] = loop.call_key
+    if loop.hooks:
+        for h in loop.hooks:
+            extra = safely(h, "call_ended", loop.info, _with_attempts(outcome, loop))
+            if isinstance(extra, Mapping):
+                metrics.update(extra)
+    return metrics
+
+
+def _with_attempts(outcome: Any, loop: _Loop) -> Any:
+    """What ``call_ended`` hooks get: the result or error (a cancel: the loop's attempts)."""
+    return outcome if hasattr(outcome, "attempts") else _Ended(outcome, loop.attempts)
+
+
+class _Ended:
+    """A call that ended with an exception that carries no attempts (a cancel, a crash)."""
+
+    __slots__ = ("attempts", "exception")
+
+    def __init__(self, exception: BaseException, attempts: list[Any]):
+        self.exception, self.attempts = exception, list(attempts)
 
 
 def _queue_for_review(loop: _Loop, exc: HumanReviewNeededError,
@@ -578,17 +401,6 @@ def _queue_for_review(loop: _Loop, exc: HumanReviewNeededError,
     from retrylib.review.hook import queue_case
 
     queue_case(loop, exc, review_store)
-
-
-def _finish(loop: _Loop, started_tracing: bool) -> dict[str, Any]:
-    traced = loop.config.trace_memory and tracemalloc.is_tracing()
-    peak = tracemalloc.get_traced_memory()[1] if traced else None
-    if started_tracing:
-        tracemalloc.stop()
-    metrics = loop.metrics(peak)
-    if loop.config.debug_mode:
-        logger.debug("call ended after {} attempts: {}", len(loop.attempts), metrics)
-    return metrics
 
 
 def run_sync(awaitable: Awaitable[Any]) -> Any:

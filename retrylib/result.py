@@ -43,8 +43,15 @@ class Attempt:
         model: the model this attempt asked for (when known).
         note: anything the loop decided on the way (a stage skipped, and why).
         messages_sent: how many messages the attempt sent.
-        rss_bytes: the process's resident set size after the attempt.
+        rss_bytes: the process's resident set size after the attempt (0 unless an
+            ``RssHook`` is installed: ``retrylib.hooks``).
         timestamp: wall-clock time of ``start``.
+        budget_level: the retry budget's level for this call's key after the attempt, when
+            a budget is configured.
+        breaker_state: the model's circuit breaker before the attempt (``closed``, ``open``,
+            ``half_open``), when a breaker is configured.
+        tool_calls: the tool stage's executed tool calls: dicts of ``name``, ``arguments``,
+            ``result``, ``is_error``, ``duration``, ``round``.
     """
 
     number: int
@@ -74,6 +81,9 @@ class Attempt:
     messages_sent: int = 0
     rss_bytes: int = 0
     timestamp: float = 0.0
+    budget_level: float | None = None
+    breaker_state: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
     @property
     def duration(self) -> float:
@@ -83,6 +93,7 @@ class Attempt:
         d = asdict(self)
         d["duration"] = self.duration
         d["validation_errors"] = list(self.validation_errors)
+        d["tool_calls"] = [dict(t) for t in self.tool_calls]
         return d
 
 
@@ -102,8 +113,10 @@ class RetryResult:
             ``tokens_out``, ``cost``, ``cache_hits``, ``stage_reached``,
             ``validation_failures``, ``transport_errors``, ``validator_api_calls``,
             ``validator_tokens_in``, ``validator_tokens_out``, ``total_api_calls``,
-            ``accepted_with_warnings`` (an answer that failed only ``Soft`` checks), and
-            ``peak_traced_bytes`` when ``trace_memory`` was on.
+            ``accepted_with_warnings`` (an answer that failed only ``Soft`` checks), plus
+            what the hooks add: ``process_traced_peak_bytes`` with ``trace_memory``
+            (process-wide: see ``retrylib.hooks.MemoryHook``), ``rss_peak_bytes`` with an
+            ``RssHook``.
     """
 
     content: str
@@ -140,9 +153,7 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
     return pd.DataFrame([a.to_dict() for a in attempts])
 
 
-def summarize(
-    attempts: list[Attempt], subresults: list[Any], stage_reached: str, peak: int | None
-) -> dict[str, Any]:
+def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str) -> dict[str, Any]:
     """The metrics dict of a call, from its attempts and the calls its validators made."""
     m: dict[str, Any] = {
         "api_calls": len(attempts),
@@ -158,12 +169,10 @@ def summarize(
         "validator_api_calls": sum(r.metrics.get("total_api_calls", 0) for r in subresults),
         "validator_tokens_in": sum(_nested(r, "tokens_in") for r in subresults),
         "validator_tokens_out": sum(_nested(r, "tokens_out") for r in subresults),
-        "rss_peak_bytes": max((a.rss_bytes for a in attempts), default=0),
+        "tool_calls": sum(len(a.tool_calls) for a in attempts),
     }
     m["total_api_calls"] = m["api_calls"] + m["validator_api_calls"]
     m["cache_hit_rate"] = m["cache_hits"] / m["api_calls"] if attempts else 0.0
-    if peak is not None:
-        m["peak_traced_bytes"] = peak
     return m
 
 

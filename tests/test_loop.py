@@ -17,6 +17,7 @@ import copy
 import pickle
 import threading
 import time
+import tracemalloc
 
 import litellm
 import pytest
@@ -30,6 +31,7 @@ from retrylib import (
     NonRetryableError,
     RetryConfig,
     RetryExhaustedError,
+    ValidatorError,
     retry_with_validation,
     retry_with_validation_sync,
 )
@@ -240,7 +242,8 @@ async def test_x_should_retry_false_stops_a_503():
         await retry_with_validation(call, PROMPT, [], fast())
     assert call.calls == 1
     assert info.value.status_code == 503
-    assert "x-should-retry: false" in info.value.reason
+    assert info.value.reason == "not_retryable:http_503"
+    assert "x-should-retry: false" in str(info.value)
 
 
 async def test_x_should_retry_true_retries_a_400():
@@ -269,7 +272,10 @@ async def test_not_retryable_error_ends_the_call_after_one_request(error, status
         await retry_with_validation(call, PROMPT, [], fast(max_attempts=5))
     exc = info.value
     assert call.calls == 1 and call.remaining == 1
-    assert exc.status_code == status and exc.reason == reason
+    # The classifier's phrase is in the message and in last_error; .reason is the code.
+    assert exc.status_code == status and f"({reason})" in str(exc)
+    assert exc.last_error["reason"] == reason
+    assert exc.reason.startswith("not_retryable:")
     assert exc.__cause__ is error
     assert [a.retryable for a in exc.attempts] == [False]
     assert exc.last_error["type"] == type(error).__name__
@@ -295,7 +301,7 @@ async def test_retry_after_beyond_max_retry_after_ends_the_call():
     with pytest.raises(RetryExhaustedError) as info:
         await retry_with_validation(call, PROMPT, [], tiny(max_retry_after=1))
     assert time.monotonic() - t < 1.0
-    assert info.value.reason == "retry_after_too_long"
+    assert info.value.reason == "retry_after"
     assert "asked to wait 5.0s, more than max_retry_after (1.0s)" in str(info.value)
     assert call.calls == 1
     assert info.value.last_error["status_code"] == 429
@@ -431,7 +437,7 @@ async def test_retry_exhausted_and_non_retryable_errors_pickle():
     with pytest.raises(NonRetryableError) as info:
         await retry_with_validation(call, PROMPT, [], fast())
     back = pickle.loads(pickle.dumps(info.value))
-    assert (back.status_code, back.reason, len(back.attempts)) == (401, "HTTP 401", 1)
+    assert (back.status_code, back.reason, len(back.attempts)) == (401, "not_retryable:http_401", 1)
     call = ScriptedCall(["x"])
     with pytest.raises(RetryExhaustedError) as info2:
         await retry_with_validation(call, PROMPT, [V.JsonObject()], fast(max_attempts=1))
@@ -887,17 +893,20 @@ async def test_metrics_sum_the_attempts():
     assert m["stage_reached"] == "normal" and m["sleep_seconds"] == 0
     assert m["cache_hits"] == 0 and m["cache_hit_rate"] == 0.0 and m["cost"] == 0.0
     assert m["total_seconds"] == result.attempts[-1].end > 0
-    assert m["rss_peak_bytes"] > 0 and m["accepted_with_warnings"] is False
-    assert "peak_traced_bytes" not in m
+    assert m["accepted_with_warnings"] is False
+    # No hook installed, none paid for: no RSS reading, no tracing.
+    assert "rss_peak_bytes" not in m and "process_traced_peak_bytes" not in m
+    assert all(a.rss_bytes == 0 for a in result.attempts)
     assert [a.number for a in result.attempts] == [1, 2, 3]
     assert all(a.start <= a.end for a in result.attempts)
 
 
-async def test_trace_memory_adds_the_traced_peak():
-    """``trace_memory=True`` adds ``peak_traced_bytes`` to the metrics."""
+async def test_trace_memory_adds_the_process_traced_peak():
+    """``trace_memory=True`` adds ``process_traced_peak_bytes`` (named process-wide) to the metrics."""
     call = ScriptedCall([GOOD])
     result = await retry_with_validation(call, PROMPT, [V.JsonObject()], fast(trace_memory=True))
-    assert result.metrics["peak_traced_bytes"] > 0
+    assert result.metrics["process_traced_peak_bytes"] > 0
+    assert not tracemalloc.is_tracing()  # the hook stopped what it started
 
 
 async def test_calls_made_by_validators_are_counted_in_the_metrics():
@@ -973,8 +982,9 @@ async def test_cancel_during_an_attempt_is_not_retried():
     assert call.calls == 1
 
 
-async def test_a_validator_that_raises_propagates_its_exception():
-    """A validator bug is not a failed answer: its exception ends the call after one request."""
+async def test_a_validator_that_raises_ends_the_call_with_its_record():
+    """A validator bug is not a failed answer: the call ends after one request with
+    ValidatorError, which keeps the attempt, the metrics and the exception as its cause."""
 
     class Buggy:
         name = "buggy"
@@ -983,9 +993,13 @@ async def test_a_validator_that_raises_propagates_its_exception():
             raise ZeroDivisionError("validator bug")
 
     call = ScriptedCall(["answer", "never"])
-    with pytest.raises(ZeroDivisionError, match="validator bug"):
+    with pytest.raises(ValidatorError, match="'buggy' raised ZeroDivisionError: validator bug") as ei:
         await retry_with_validation(call, PROMPT, [Buggy()], fast())
     assert call.calls == 1 and call.verdicts == []
+    err = ei.value
+    assert isinstance(err.__cause__, ZeroDivisionError) and err.validator == "buggy"
+    assert [a.text for a in err.attempts] == ["answer"] and err.metrics["api_calls"] == 1
+    assert err.reason == "validator_error"
 
 
 async def test_something_that_is_not_a_validator_is_a_config_error():
@@ -1065,7 +1079,7 @@ async def test_set_testing_keeps_the_deadline_and_max_retry_after_rules():
         call = ScriptedCall([http_error(429, headers={"retry-after": "90"}), "never"])
         with pytest.raises(RetryExhaustedError) as info:
             await retry_with_validation(call, PROMPT, [], RetryConfig())
-        assert info.value.reason == "retry_after_too_long"
+        assert info.value.reason == "retry_after"
 
 
 async def test_leaving_set_testing_restores_real_sleeps():

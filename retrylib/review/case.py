@@ -74,6 +74,7 @@ def attempt_from(record: Mapping[str, Any]) -> Attempt:
     names = {f.name for f in dataclasses.fields(Attempt)}
     fields = {k: v for k, v in record.items() if k in names}
     fields["validation_errors"] = tuple(fields.get("validation_errors") or ())
+    fields["tool_calls"] = tuple(fields.get("tool_calls") or ())
     return Attempt(**fields)
 
 

@@ -28,7 +28,7 @@ class RecordedConfig(RetryConfig):
 
     def keys(self) -> Iterator[str]:
         """The field names, in declaration order."""
-        return iter(type(self).model_fields)
+        return iter(_data_fields(type(self)))
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """``(name, value)`` pairs, as ``model_dump().items()``."""
@@ -49,6 +49,11 @@ class RecordedConfig(RetryConfig):
         return NotImplemented
 
     __hash__ = RetryConfig.__hash__
+
+
+def _data_fields(cls: type) -> list[str]:
+    """The config's data fields: those a dump keeps (hooks, stages and strategies are objects)."""
+    return [k for k, f in cls.model_fields.items() if not f.exclude]  # type: ignore[attr-defined]
 
 
 def recorded(config: RetryConfig | Mapping[str, Any] | None) -> RecordedConfig | None:

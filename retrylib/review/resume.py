@@ -53,7 +53,7 @@ def _metrics(case: Case, attempts: list[Attempt], review: dict[str, Any],
              warnings: tuple[str, ...]) -> dict[str, Any]:
     prior = SimpleNamespace(metrics=case.state.get("validator_metrics") or {})
     # A human's answer is an attempt of the log, not an API call.
-    m = summarize([a for a in attempts if a.stage != "human"], [prior], "human", None)
+    m = summarize([a for a in attempts if a.stage != "human"], [prior], "human")
     m["accepted_with_warnings"] = bool(warnings)
     m["human_review"] = review
     return m

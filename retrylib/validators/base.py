@@ -1,13 +1,16 @@
 """The validator protocol: what every validator takes and returns.
 
-A validator is any object with a ``name`` and an ``async validate(text, context)`` method
-that returns a :class:`ValidationResult`. Validators never raise for bad *output*: a bad
-answer is a result with ``valid=False`` and errors that say, in words the model can act on,
-what was wrong. They raise only for programmer mistakes (``ConfigError``).
+A validator is any object with a ``name`` and a ``validate(text, context)`` method that
+returns a :class:`ValidationResult` (``async`` or not; a plain ``bool`` is taken as pass or
+fail). Validators never raise for bad *output*: a bad answer is a result with
+``valid=False`` and errors that say, in words the model can act on, what was wrong. An
+exception from a validator is a bug in it: the call ends with ``ValidatorError``, which
+keeps the attempts made so far.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,3 +75,25 @@ class Validator(Protocol):
     name: str
 
     async def validate(self, text: str, context: ValidationContext) -> ValidationResult: ...
+
+
+def validator_name(v: Any) -> str:
+    return str(getattr(v, "name", None) or type(v).__name__)
+
+
+async def run_validator(v: Any, text: str, context: ValidationContext) -> ValidationResult:
+    """``v.validate(text, context)``, awaited if it is async; a ``bool`` becomes a result.
+
+    Raises:
+        TypeError: the validator returned something else (the loop reports it as
+            ``ValidatorError``).
+    """
+    r = v.validate(text, context)
+    if inspect.isawaitable(r):
+        r = await r
+    if type(r) is ValidationResult or isinstance(r, ValidationResult):
+        return r
+    if isinstance(r, bool):
+        return ValidationResult.ok() if r else ValidationResult.fail(f"{validator_name(v)} failed")
+    raise TypeError(f"validator {validator_name(v)!r} returned {type(r).__name__}, not a "
+                    "ValidationResult or bool")

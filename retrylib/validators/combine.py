@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from retrylib.errors import ConfigError
-from retrylib.validators.base import ValidationContext, ValidationResult, Validator
+from retrylib.validators.base import ValidationContext, ValidationResult, Validator, run_validator
 
 
 def _children(kind: str, validators: tuple[Any, ...]) -> tuple[Validator, ...]:
@@ -90,7 +90,7 @@ class AllOf:
         for v in self.validators:
             if errors and getattr(v, "costly", False):
                 continue
-            r = await v.validate(text, context)
+            r = await run_validator(v, text, context)
             if r.valid:
                 if r.parsed is not None:
                     parsed = r.parsed
@@ -138,7 +138,7 @@ class AnyOf:
         suggestions: list[str] = []
         softly: ValidationResult | None = None  # the first alternative that failed only softly
         for i, v in enumerate(self.validators, 1):
-            r = await v.validate(text, context)
+            r = await run_validator(v, text, context)
             if r.valid:
                 return r
             if r.soft and softly is None:
@@ -179,7 +179,7 @@ class Soft:
         return f"Soft({self.validator!r})"
 
     async def validate(self, text: str, context: ValidationContext) -> ValidationResult:
-        r = await self.validator.validate(text, context)
+        r = await run_validator(self.validator, text, context)
         if r.valid:
             return r
         return ValidationResult(False, r.errors, r.suggestions, r.parsed, True)

@@ -102,7 +102,7 @@ async def consult(
                 content="",
                 response=None,
                 attempts=list(exc.attempts),
-                metrics=summarize(list(exc.attempts), [], "normal", None),
+                metrics=summarize(list(exc.attempts), [], "normal"),
             )
         )
         return ValidationResult.fail(

@@ -12,10 +12,16 @@ import atexit
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrylib import hooks
 from retrylib.client import make_call
 from retrylib.errors import ConfigError
 from retrylib.testing.chaos import ChaosClient, ChaosProxy
 from retrylib.testing.local import LocalModelServer
+
+# The workbook plots the RSS of every attempt: it installs the hook that reads it (a plain
+# retrylib call pays for no reading).
+if not any(isinstance(h, hooks.RssHook) for h in hooks.installed()):
+    hooks.install(*hooks.installed(), hooks.RssHook())
 
 
 @dataclass

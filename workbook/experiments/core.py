@@ -514,7 +514,7 @@ async def metrics_series(env: Any, people: Sequence[str], max_tokens: int = 48,
                      "wall_seconds": wall, "scheduled_sleep": sum(a.scheduled_delay for a in attempts),
                      **{k: m.get(k) for k in ("api_calls", "total_seconds", "sleep_seconds",
                                               "transport_errors", "validation_failures", "tokens_in",
-                                              "tokens_out", "cache_hit_rate", "peak_traced_bytes",
+                                              "tokens_out", "cache_hit_rate", "process_traced_peak_bytes",
                                               "rss_peak_bytes")}})
         frames.append(pd.DataFrame([a.to_dict() for a in attempts]).assign(call=i))
     frame = pd.concat(frames, ignore_index=True)

@@ -431,7 +431,7 @@ async def memory_run(env: Any, calls: int, max_tokens: int, seed: int,
         m = run["metrics"]
         rows.append({"call": i, "outcome": run["outcome"], "wall": run["wall"],
                      "rss_mb": proc.memory_info().rss / 2**20, "traced": traced,
-                     "peak_kb": m.get("peak_traced_bytes", np.nan) / 1024 if traced else np.nan,
+                     "peak_kb": m.get("process_traced_peak_bytes", np.nan) / 1024 if traced else np.nan,
                      "attempts": len(run["attempts"]), "requests": len(journal),
                      "server": sum(e["duration"] or 0.0 for e in journal),
                      "inside_call": sum(a.duration for a in run["attempts"]),

@@ -1,0 +1,450 @@
+"""One call's state, and how one attempt is made (the loop itself is ``retrylib.manager``).
+
+:class:`_Loop` is made per call and never shared. :meth:`_Loop.attempt` makes one attempt
+and returns its tagged :class:`~retrylib.decision.Outcome`: it builds the request from the
+ladder's stages, sends it within the attempt's bounds, reads and validates the answer, and
+writes the attempt's record. :meth:`_Loop.apply` carries out a decision's effects on the
+state (the failure count, the stage, the replayed history, the verdict to the route).
+
+Bounds: ``attempt_timeout`` covers the whole attempt, body included (a route's own timeout
+is per read, so a body that drips would pass it); the deadline covers sleeps, attempts and
+validators. A plain (sync) call function or validator runs in a worker thread when a
+deadline or a timeout must hold over it. A thread cannot be killed: past its bound the call
+ends on time, and the thread runs on until the function returns (its result is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from retrylib.classify import Classification, classify, error_facts
+from retrylib.config import RetryConfig
+from retrylib.constrained import (
+    asks_for_schema,
+    grammar_safe_schema,
+    looks_like_schema_rejection,
+    schema_from_validators,
+)
+from retrylib.decision import INVALID, OK, REJECTED, TRANSPORT, Decision, Outcome
+from retrylib.errors import ExtractionError
+from retrylib.extract import (
+    extract_finish_reason,
+    extract_model,
+    extract_text,
+    extract_usage,
+    is_cache_hit,
+    response_cost,
+)
+from retrylib.feedback import Exchange, build_messages, cap_text, feedback_text
+from retrylib.hooks import AttemptDetails, CallInfo, safely
+from retrylib.result import Attempt, summarize
+from retrylib.stages import Request
+from retrylib.validators.base import (
+    ValidationContext,
+    ValidationResult,
+    Validator,
+    run_validator,
+    validator_name,
+)
+from retrylib.validators.combine import AllOf, _children, named_errors
+
+if TYPE_CHECKING:
+    from retrylib.decision import Policy
+
+_CUT_OFF = ("Your previous answer was cut off at the token limit before it was complete: "
+            "give a shorter answer that fits.")
+
+
+def is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` gives an awaitable (an ``async def`` function or ``__call__``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(type(fn), "__call__", None))
+
+
+class ValidatorCrash(Exception):
+    """A validator raised: carried to the loop, which ends the call with ``ValidatorError``."""
+
+    def __init__(self, name: str, exc: BaseException):
+        super().__init__(f"validator {name!r} raised {type(exc).__name__}: {exc}")
+        self.name, self.exc = name, exc
+
+
+class _Loop:
+    """The state of one call. Made per call, never shared."""
+
+    def __init__(self, call: Callable[..., Any], messages: Sequence[dict[str, Any]],
+                 validators: Sequence[Validator], config: RetryConfig, response_format: Any,
+                 depth: int, call_kwargs: dict[str, Any], policy: Policy, hooks: tuple[Any, ...]):
+        self.call = call
+        self.base = copy.deepcopy(list(messages))
+        self.validators = list(validators)  # as given: a review case records each one
+        # One validator is used as is (AllOf around it only costs time; _children checks it).
+        self.validator = (_children("validators", tuple(validators))[0] if len(validators) == 1
+                          else AllOf(*validators) if validators else None)
+        self.config = config
+        self.response_format = response_format
+        self.depth = depth
+        self.call_kwargs = call_kwargs
+        self.policy = policy
+        self.hooks = hooks
+        self.ladder = config.stage_ladder
+        self.attempts: list[Attempt] = []
+        self.history: list[Exchange] = []
+        self.subresults: list[Any] = []
+        self.failures = 0
+        self.stage = policy.stage_for(0)  # the ladder index of the next attempt
+        self.reached = 0  # the highest ladder index an attempt was made on
+        self.outage_moves = 0  # fallback models skipped because the model was down
+        self.t0 = time.monotonic()
+        self.deadline_at = self.t0 + config.deadline if config.deadline else None
+        self.last_exc: BaseException | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.last_verdict: Classification | None = None
+        self.last_response: Any = None
+        self.last_text: str | None = None
+        self.last_errors: list[str] = []
+        self.last_suggestions: tuple[str, ...] = ()
+        self.last_messages: list[dict[str, Any]] = []
+        self.last_request: Request | None = None
+        self.case_id: str | None = None  # the review case this call continues, if any
+        self.scheduled = self.slept = 0.0
+        self.retry_after: float | None = None
+        self.replay_note: str | None = None
+        has_k = config.max_attempts_before_constrained is not None
+        schema = schema_from_validators(validators) if has_k else None
+        self.schema: dict[str, Any] | None
+        self.schema_dropped: list[str]
+        self.schema, self.schema_dropped = grammar_safe_schema(schema) if schema else (None, [])
+        self.constrained_off: str | None = None if self.schema else (
+            "no validator provides a JSON schema" if has_k else None)
+        self.constrained_tried = False
+        self.caller_constrains = asks_for_schema(response_format)
+        self.call_model = getattr(call, "model", None)
+        self.fresh = config.escalation_history == "fresh"
+        self.history_from = 0  # with ``fresh``: where the current stage's history starts
+        self.prev_stage = self.stage
+        self.sync_call = not is_async(call)
+        self.tool_session: Any = None
+        self.call_key: str | int | None = None  # with a seed: the backoff's key (retrylib.backoff)
+        self.last_result: ValidationResult = ValidationResult.ok()
+        self.crash: ValidatorCrash | None = None
+        # Answers that failed only soft checks: (soft errors, -attempt number, result, response,
+        # text, request); their verdict to the route waits until the call ends.
+        self.softly: list[tuple[int, int, ValidationResult, Any, str, Request]] = []
+        self.info = CallInfo.new(self.call_model, policy.max_attempts) if hooks else None
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def request(self) -> Request:
+        """The next attempt's messages and kwargs, shaped by every stage up to the current one."""
+        i = self.stage
+        if self.fresh and i != self.prev_stage and self.ladder.stages[i].fresh_start:
+            self.history_from = len(self.history)  # the stage starts over (see RetryConfig)
+        self.prev_stage = i
+        history = self.history[self.history_from:] if self.history_from else self.history
+        kw = dict(self.call_kwargs)
+        if self.config.attempt_timeout is not None:
+            kw.setdefault("timeout", self.config.attempt_timeout)
+        if self.response_format is not None:
+            kw["response_format"] = self.response_format
+        req = Request(build_messages(self.base, history, self.config.feedback_history), kw,
+                      self.caller_constrains)
+        for stage in self.ladder.stages[1:i + 1]:
+            stage.apply(req, self)
+        if self.replay_note:
+            req.notes.append(self.replay_note)
+        return req
+
+    async def attempt(self) -> Outcome:
+        """Make one attempt; record it; return what it came to."""
+        n = len(self.attempts) + 1
+        self.reached = max(self.reached, self.stage)
+        req = self.last_request = self.request()
+        self.last_messages = req.messages
+        self.constrained_tried = self.constrained_tried or req.constrained
+        left = self.remaining()
+        bound = self.config.attempt_timeout
+        if bound is not None:  # the route's own timeout fires first; this bounds a dripping body
+            bound = bound * 1.02 + 0.01
+        if left is not None:
+            req.kwargs["timeout"] = min(req.kwargs.get("timeout") or left, left)
+            bound = left if bound is None else min(bound, left)
+        start = time.monotonic() - self.t0
+        stamp = time.time()
+        try:
+            response = await self.invoke(req, bound)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self.transport_failure(exc, req, n, start, stamp)
+        end = time.monotonic() - self.t0
+        result = await self.check(response, req.messages, n)
+        text = self.last_text
+        fatal = ("deadline" if result is _TIMED_OUT else
+                 "validator_error" if self.crash is not None else None)
+        a = Attempt(n, start, end, "ok" if result.valid else "validation_failed",
+                    self.ladder.stages[self.stage].name, self.scheduled, self.retry_after,
+                    self.slept, text=text, tool_suggested=req.tool_suggested,
+                    mcp_config_sent=req.mcp, constrained=req.constrained,
+                    model=req.kwargs.get("model") or self.call_model,
+                    note="; ".join(req.notes) if req.notes else None,
+                    messages_sent=len(req.messages), timestamp=stamp,
+                    validation_errors=result.errors if not result.valid else (),
+                    tool_calls=req.tool_calls)
+        if type(response) is not str:  # a plain-text route has no usage, cost, cache flag or model
+            a.tokens_in, a.tokens_out = extract_usage(response)
+            a.cost, a.cache_hit = response_cost(response), is_cache_hit(response)
+            a.finish_reason = extract_finish_reason(response)
+            a.model = a.model or extract_model(response)
+        self.record(a)
+        self.last_result = result
+        if result.valid:
+            return Outcome(OK)
+        return Outcome(INVALID, soft=result.soft and text is not None and fatal is None,
+                       fatal=fatal)
+
+    def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
+                          stamp: float) -> Outcome:
+        verdict = self.classify(exc)
+        self.last_exc, self.last_verdict = exc, verdict
+        self.last_error = error_facts(exc, verdict)
+        kind = TRANSPORT
+        if req.grammar and looks_like_schema_rejection(verdict.status_code, verdict.retryable,
+                                                       verdict.reason):
+            # The route refused the schema: skip the stage and retry at once.
+            self.constrained_off = (f"route rejected response_format ({verdict.error_type} "
+                                    f"{verdict.status_code})")
+            req.notes = [f"constrained stage skipped: {self.constrained_off}"]
+            kind = REJECTED
+        self.record(Attempt(
+            n, start, time.monotonic() - self.t0, "transport_error",
+            self.ladder.stages[self.stage].name, self.scheduled, self.retry_after, self.slept,
+            error_type=verdict.error_type, status_code=verdict.status_code,
+            error_message=str(exc)[:500], retryable=verdict.retryable,
+            tool_suggested=req.tool_suggested, mcp_config_sent=req.mcp,
+            constrained=req.constrained, model=req.kwargs.get("model") or self.call_model,
+            note="; ".join(req.notes) if req.notes else None, messages_sent=len(req.messages),
+            timestamp=stamp))
+        return Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
+
+    def classify(self, exc: BaseException) -> Classification:
+        custom = self.config.retry_on
+        if custom is None:
+            return classify(exc)
+        verdict = custom(exc)
+        if isinstance(verdict, bool):
+            base = classify(exc)
+            return Classification(verdict, base.reason if verdict == base.retryable else
+                                  f"retry_on said {'retry' if verdict else 'stop'}",
+                                  base.retry_after, base.status_code, base.error_type, base.headers)
+        return verdict
+
+    async def invoke(self, req: Request, bound: float | None) -> Any:
+        """Send the request; within ``bound`` seconds when there is a bound."""
+        if req.tools is not None:
+            from retrylib.tools.rounds import run_tool_rounds
+
+            c = self.config
+            aw: Any = run_tool_rounds(self.call, req.messages, req.kwargs, req.tools,
+                                      max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout)
+        elif self.sync_call:
+            if bound is None:
+                return self.call(messages=req.messages, **req.kwargs)
+            aw = asyncio.to_thread(self.call, messages=req.messages, **req.kwargs)
+        else:
+            aw = self.call(messages=req.messages, **req.kwargs)
+            if not inspect.isawaitable(aw):
+                return aw
+        if bound is None:
+            out = await aw
+        else:
+            try:
+                async with asyncio.timeout(bound):
+                    out = await aw
+            except TimeoutError as exc:
+                if exc.args:  # the route's own timeout, not ours
+                    raise
+                left = self.remaining()
+                what = "attempt_timeout" if left is None or left > 0 else "the deadline"
+                raise TimeoutError(f"the attempt took longer than {bound:.3g}s ({what})") from None
+        if req.tools is not None:  # the tool stage's rounds: the final answer, and what ran
+            req.tool_calls = tuple(out.tool_calls)
+            return out.response
+        return out
+
+    async def check(self, response: Any, msgs: list[dict[str, Any]], n: int) -> ValidationResult:
+        """The verdict on ``response`` (its text is kept in ``last_text``)."""
+        self.last_response = response
+        try:
+            text = extract_text(response)
+        except ExtractionError as exc:
+            self.last_text = None
+            return ValidationResult.fail(f"empty response: {exc}",
+                                         suggestions=("Reply with the requested content.",))
+        self.last_text = text
+        v = self.validator
+        if v is None:
+            return ValidationResult.ok()
+        ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
+                                max_depth=self.config.max_validator_depth)
+        left = self.remaining()
+        try:
+            if left is None:
+                r = await run_validator(v, text, ctx)
+            else:
+                async with asyncio.timeout(max(left, 0.0)):
+                    if is_async(v.validate):
+                        r = await run_validator(v, text, ctx)
+                    else:  # a plain validate blocks: bound it from a worker thread
+                        r = await asyncio.to_thread(_run_sync_validator, v, text, ctx)
+        except TimeoutError:
+            return _TIMED_OUT
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the validator: the call ends, its record kept
+            self.crash = ValidatorCrash(validator_name(v), exc)
+            return ValidationResult(False, (str(self.crash),))
+        finally:
+            self.subresults.extend(ctx.subresults)
+        if not r.valid and not r.errors:  # say which check failed, as AllOf does
+            r = ValidationResult(False, named_errors(v, r), r.suggestions, r.parsed, r.soft)
+        return r
+
+    def record(self, a: Attempt) -> None:
+        self.attempts.append(a)
+        if self.hooks:
+            assert self.info is not None
+            for h in self.hooks:
+                if hasattr(h, "annotate"):
+                    safely(h, "annotate", a)
+            details = AttemptDetails.of(self.info, a, self.failures)
+            for h in self.hooks:
+                safely(h, "attempt_ended", details)
+
+    # -- a decision's effects ------------------------------------------------------------------
+    async def apply(self, d: Decision, outcome: Outcome, planned: float) -> None:
+        """Carry out what ``d`` means for the state, before the next attempt or the end."""
+        kind = outcome.kind
+        self.scheduled = planned if kind == TRANSPORT or self.config.delay_validation_retries else 0.0
+        self.retry_after = outcome.retry_after if kind == TRANSPORT else None
+        self.slept = 0.0
+        if kind != INVALID:
+            return
+        self.failures = d.failures
+        if outcome.fatal:
+            return
+        result = self.last_result
+        self.last_errors = list(result.errors)
+        req = self.last_request
+        assert req is not None
+        if outcome.soft:
+            a = self.attempts[-1]
+            self.softly.append((len(result.errors), -a.number, result, self.last_response,
+                                self.last_text or "", req))
+        else:
+            await self.verdict_to_route("reject", req)
+        self.last_suggestions = tuple(result.suggestions)
+        if self.attempts[-1].finish_reason == "length":  # the answer was cut, not just wrong
+            self.last_suggestions = (_CUT_OFF, *self.last_suggestions)
+        if d.reason == "human":
+            self.stage = self.reached = d.stage
+            return
+        self.stage = d.stage
+        self.history.append(self.exchange(self.last_text or ""))
+
+    def exchange(self, answer: str, guidance: str | None = None) -> Exchange:
+        """The replay of the last failed answer: its feedback, written for the current stage."""
+        c = self.config
+        suggestions = self.last_suggestions
+        if guidance:  # a reviewer's words come first: they say what the validators could not
+            suggestions = (f"A human reviewer's guidance: {guidance}", *suggestions)
+        tool = c.debug_tool_name if any(s.suggests_tool for s in self.ladder.stages[1:self.stage + 1]) else None
+        feedback = feedback_text(self.last_errors, suggestions,
+                                 original_prompt=c.original_user_prompt, tool_name=tool)
+        answer, cut_a = cap_text(answer, c.max_replay_chars)
+        feedback, cut_f = cap_text(feedback, c.max_replay_chars)
+        self.replay_note = (f"replay capped at max_replay_chars={c.max_replay_chars}: "
+                            f"{cut_a + cut_f} characters of attempt {len(self.attempts)} left out"
+                            if cut_a or cut_f else None)
+        return Exchange(answer, feedback)
+
+    async def verdict_to_route(self, verdict: str, req: Request) -> None:
+        """Tell the route (``call.accept`` / ``call.reject``) what became of its answer.
+
+        The route caches only accepted answers and evicts rejected ones, so a rejected
+        answer is never served from a cache again.
+        """
+        hook = getattr(self.call, verdict, None)
+        if hook is not None:
+            try:
+                out = hook(messages=req.messages, **req.kwargs)
+                if inspect.isawaitable(out):
+                    await out
+            except Exception as exc:  # a cache that fails must not end the call
+                logger.warning("cache {} failed: {}: {}", verdict, type(exc).__name__, exc)
+
+    def fallback_position(self) -> int:
+        """Which of ``fallback_models`` the fallback stage sends to (``-1``: the primary)."""
+        t = self.ladder.thresholds[self.ladder.index_of("fallback")]
+        return (self.failures - t if self.failures >= t else -1) + self.outage_moves
+
+    def remaining(self) -> float | None:
+        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
+
+    def metrics(self) -> dict[str, Any]:
+        return summarize(self.attempts, self.subresults, self.ladder.stages[self.reached].name)
+
+    # -- recorded state (a review case), and continuing from it --------------------------------
+    def state(self) -> dict[str, Any]:
+        """The call's state as plain data: enough for :func:`continue_with_validation`."""
+        return {"base": copy.deepcopy(self.base), "attempts": [a.to_dict() for a in self.attempts],
+                "history": [[e.answer, e.feedback] for e in self.history],
+                "failures": self.failures, "stage_reached": self.ladder.stages[self.reached].name,
+                "history_from": self.history_from, "constrained_off": self.constrained_off,
+                "constrained_tried": self.constrained_tried, "last_text": self.last_text,
+                "last_errors": list(self.last_errors), "last_suggestions": list(self.last_suggestions)}
+
+    def restore(self, state: Mapping[str, Any], guidance: str | None = None) -> None:
+        """Go on from ``state`` (:meth:`state` of a call that stopped at the human stage).
+
+        The last failed answer is replayed with its feedback (and ``guidance``) on the next
+        attempt, as it would have been had the call not stopped; attempt numbers continue.
+        """
+        from retrylib.review.case import attempt_from
+
+        self.attempts = [attempt_from(a) for a in state["attempts"]]
+        self.history = [Exchange(a, f) for a, f in state["history"]]
+        self.failures = int(state["failures"])
+        self.reached = self.ladder.index_of(state.get("stage_reached", "normal"))
+        self.history_from = int(state.get("history_from", 0))
+        self.constrained_off = state.get("constrained_off", self.constrained_off)
+        self.constrained_tried = bool(state.get("constrained_tried"))
+        self.last_text = state.get("last_text")
+        self.last_errors = list(state.get("last_errors", ()))
+        self.last_suggestions = tuple(state.get("last_suggestions", ()))
+        self.case_id = state.get("case_id")
+        self.stage = self.policy.stage_for(self.failures)
+        # The resumed leg goes on in its stage: no "fresh" restart that would drop the guidance.
+        self.prev_stage = self.stage
+        self.history.append(self.exchange(self.last_text or "", guidance))
+        # The attempts' time axis goes on where it stopped (the review's wait is left out; the
+        # wall-clock ``timestamp`` shows it); the deadline, if any, starts afresh.
+        now = time.monotonic()
+        self.t0 = now - (self.attempts[-1].end if self.attempts else 0.0)
+        self.deadline_at = now + self.config.deadline if self.config.deadline else None
+        # The validators' calls of the first leg still count in the metrics.
+        self.subresults = [SimpleNamespace(metrics=dict(state.get("validator_metrics") or {}))]
+
+
+def _run_sync_validator(v: Any, text: str, ctx: ValidationContext) -> ValidationResult:
+    return asyncio.run(run_validator(v, text, ctx))
+
+
+_TIMED_OUT = ValidationResult(False, ("the deadline passed while the answer was being validated",))
