@@ -145,3 +145,17 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
         print(f"\nORPHANS: {len(left)} llama_cpp.server process(es) outlived the test session: "
               f"{[p.pid for p in left]}")
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on 127.0.0.1 at a free port (no persistence), stopped after the test."""
+    from retrylib.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts a Dask LocalCluster or several processes (deselect: -m 'not slow')")

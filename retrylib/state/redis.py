@@ -19,7 +19,8 @@ waits longer than ``connect_timeout + socket_timeout``):
   follow run on a process-local :class:`~retrylib.state.MemoryStore`, and Redis is tried
   again ``reconnect_after`` seconds later (an info line says when it is back). Calls go on;
   while Redis is away, each process has its own budget and breakers.
-- ``on_error="raise"``: :class:`~retrylib.errors.StateStoreError`, at once.
+- ``on_error="raise"``: :class:`~retrylib.errors.StateStoreError`, at once (and, for
+  ``reconnect_after`` seconds, without trying Redis again).
 
 Needs the ``[redis]`` extra (the ``redis`` client); it is imported on first use.
 """
@@ -135,7 +136,11 @@ class RedisStore(StateStore):
         socket_timeout: seconds a command may take once connected.
         connect_timeout: seconds a connection may take to open.
         ttl: seconds a key lives after its last update; ``None``: for ever.
-        reconnect_after: with ``on_error="local"``, seconds before Redis is tried again.
+        reconnect_after: seconds after a failure during which Redis is not tried again
+            (operations go to the local fallback, or raise at once), so that a thousand
+            calls in flight do not each wait out a timeout.
+        max_connections: connections per event loop; more operations in flight wait for a
+            free one (that wait is never mistaken for an outage).
 
     Raises:
         ConfigError: a bad argument (named).
@@ -148,7 +153,7 @@ class RedisStore(StateStore):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "retrylib:",
                  on_error: OnError = "local", socket_timeout: float = 1.0,
                  connect_timeout: float = 1.0, ttl: float | None = 86_400.0,
-                 reconnect_after: float = 5.0):
+                 reconnect_after: float = 5.0, max_connections: int = 32):
         if not isinstance(url, str) or urlparse(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"RedisStore url must be redis://, rediss:// or unix://..., got {url!r}")
         if on_error not in ("local", "raise"):
@@ -161,13 +166,20 @@ class RedisStore(StateStore):
             raise ConfigError(f"RedisStore ttl must be > 0 seconds or None, got {ttl!r}")
         if not (isinstance(reconnect_after, int | float) and reconnect_after >= 0):
             raise ConfigError(f"RedisStore reconnect_after must be >= 0 seconds, got {reconnect_after!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+                or max_connections < 1:
+            raise ConfigError(f"RedisStore max_connections must be an integer >= 1, got {max_connections!r}")
         self.url, self.prefix, self.on_error = url, str(prefix), on_error
         self.socket_timeout, self.connect_timeout = float(socket_timeout), float(connect_timeout)
         self.ttl, self.reconnect_after = ttl, float(reconnect_after)
+        self.max_connections = max_connections
         self._ttl_ms = int(ttl * 1000) if ttl else 0
         self._lock = threading.Lock()
-        # One client per event loop: a redis.asyncio connection belongs to the loop it opened in.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        # One client per event loop (a redis.asyncio connection belongs to the loop it opened
+        # in), with a semaphore as wide as its pool: redis-py refuses, rather than queues, an
+        # operation beyond max_connections.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
         self.local = MemoryStore()  # where operations go while Redis is away (on_error="local")
         self._down_until: float | None = None
         self._warned = False
@@ -192,18 +204,19 @@ class RedisStore(StateStore):
     def spec(self) -> dict[str, Any]:
         return {"kind": "redis", "url": self.url, "prefix": self.prefix, "on_error": self.on_error,
                 "socket_timeout": self.socket_timeout, "connect_timeout": self.connect_timeout,
-                "ttl": self.ttl, "reconnect_after": self.reconnect_after}
+                "ttl": self.ttl, "reconnect_after": self.reconnect_after,
+                "max_connections": self.max_connections}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (self.spec(),))
 
     # -- the connection --------------------------------------------------------------------
 
-    def _client(self) -> Any:
+    def _client(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._clients.get(loop)
-            if client is None:
+            pair = self._clients.get(loop)
+            if pair is None:
                 aioredis = require("redis.asyncio", "retrylib.state.RedisStore")
                 from redis.asyncio.retry import Retry
                 from redis.backoff import NoBackoff
@@ -211,35 +224,41 @@ class RedisStore(StateStore):
                 client = aioredis.Redis.from_url(
                     self.url, socket_timeout=self.socket_timeout,
                     socket_connect_timeout=self.connect_timeout, retry_on_timeout=False,
-                    retry=Retry(NoBackoff(), 0), decode_responses=True, health_check_interval=0)
-                self._clients[loop] = client
-            return client
+                    retry=Retry(NoBackoff(), 0), decode_responses=True, health_check_interval=0,
+                    max_connections=self.max_connections)
+                pair = self._clients[loop] = (client, asyncio.Semaphore(self.max_connections))
+            return pair
 
     async def aclose(self) -> None:
         """Close this event loop's connections (call it before the loop ends)."""
         with self._lock:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+            pair = self._clients.pop(asyncio.get_running_loop(), None)
+        if pair is not None:
+            await pair[0].aclose()
 
     async def _run(self, what: str, remote: Callable[[Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]]) -> T:
         """``remote(client)`` on Redis, or ``local()`` on the fallback when Redis is away."""
-        if self._down_until is not None and time.monotonic() < self._down_until:
-            return await local()
-        client = self._client()  # MissingExtraError without the redis client
+        client, slots = self._client()  # MissingExtraError without the redis client
         errors = _connection_errors()
-        try:
-            # The socket timeouts bound each step; this bounds the whole (connect + command).
-            async with asyncio.timeout(self.connect_timeout + self.socket_timeout + 0.5):
-                out = await remote(client)
-        except errors as exc:
+        async with slots:
+            if self._down_until is not None and time.monotonic() < self._down_until:
+                return await self._while_down(what, local)
+            try:
+                # The socket timeouts bound each step; this bounds the whole (connect + command).
+                async with asyncio.timeout(self.connect_timeout + self.socket_timeout + 0.5):
+                    out = await remote(client)
+            except errors as exc:
+                failure: BaseException | None = exc
+            else:
+                failure = None
+        if failure is not None:
             await self._drop_client()
-            message = (f"the Redis state store at {self.safe_url} did not answer ({what}): "
-                       f"{type(exc).__name__}: {exc}")
-            if self.on_error == "raise":
-                raise StateStoreError(message, url=self.safe_url) from exc
             self._down_until = time.monotonic() + self.reconnect_after
+            message = (f"the Redis state store at {self.safe_url} did not answer ({what}): "
+                       f"{type(failure).__name__}: {failure}")
+            if self.on_error == "raise":
+                raise StateStoreError(message, url=self.safe_url) from failure
             if not self._warned:
                 self._warned = True
                 logger.warning("{}; going on with process-local budget and breaker state "
@@ -250,13 +269,20 @@ class RedisStore(StateStore):
             logger.info("the Redis state store at {} answers again", self.safe_url)
         return out
 
+    async def _while_down(self, what: str, local: Callable[[], Awaitable[T]]) -> T:
+        if self.on_error == "raise":
+            raise StateStoreError(f"the Redis state store at {self.safe_url} did not answer "
+                                  f"less than {self.reconnect_after:g} s ago ({what} not tried)",
+                                  url=self.safe_url)
+        return await local()
+
     async def _drop_client(self) -> None:
         with self._lock:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
+            pair = self._clients.pop(asyncio.get_running_loop(), None)
+        if pair is not None:
             try:
                 async with asyncio.timeout(0.5):
-                    await client.aclose()
+                    await pair[0].aclose()
             except Exception:  # a client on a dead socket: nothing to save
                 pass
 

@@ -10,7 +10,9 @@ Imported only on purpose (``import retrylib`` does not load it):
 - :class:`ChaosProxy`: a real fault-injecting OpenAI-compatible proxy on 127.0.0.1
   (needs ``retrylib[testing]``);
 - :class:`LocalModelServer`: the embedded model, llama.cpp's server on 127.0.0.1
-  (needs ``retrylib[local]``).
+  (needs ``retrylib[local]``);
+- :class:`RedisServer`: a real ``redis-server`` on 127.0.0.1 at a free port, for the shared
+  state of the budget and the breaker (needs Debian's ``redis-server``).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from retrylib.testing.scripted import (
 if TYPE_CHECKING:
     from retrylib.testing.chaos import ChaosClient, ChaosProxy
     from retrylib.testing.local import LocalModelServer, free_port
+    from retrylib.testing.redis import RedisServer
 
 # Servers load on first use: they need extras (aiohttp, llama-cpp-python) that a test of the
 # loop alone does not.
 _LAZY = {"ChaosProxy": "retrylib.testing.chaos", "ChaosClient": "retrylib.testing.chaos",
-         "LocalModelServer": "retrylib.testing.local", "free_port": "retrylib.testing.local"}
+         "LocalModelServer": "retrylib.testing.local", "free_port": "retrylib.testing.local",
+         "RedisServer": "retrylib.testing.redis"}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,6 +64,7 @@ __all__ = [
     "ChaosProxy",
     "Delay",
     "LocalModelServer",
+    "RedisServer",
     "Request",
     "ScriptExhausted",
     "ScriptedCall",

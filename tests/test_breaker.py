@@ -1,0 +1,191 @@
+"""CircuitBreaker: per-model closed → open → half-open, driven by a clock the test steps (no
+sleeps), shared through a real redis-server, and in front of a dead primary behind the
+fault proxy (no request reaches it while the breaker is open)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from retrylib.breaker import CircuitBreaker, attempt_ok
+from retrylib.client import make_call
+from retrylib.errors import CircuitOpenError, ConfigError, ProxyHTTPError, RetryError
+from retrylib.result import Attempt
+from retrylib.state import MemoryStore, RedisStore
+
+
+class Clock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    """The breaker's store: in-process, or a real redis-server with a fresh prefix."""
+    if request.param == "memory":
+        return MemoryStore()
+    server = request.getfixturevalue("redis_server")
+    return RedisStore(server.url, prefix=f"c{uuid.uuid4().hex[:8]}:", on_error="raise")
+
+
+def test_the_defaults():
+    """5 consecutive failures, a 30 s cooldown, one half-open probe; cooldown as timedelta."""
+    b = CircuitBreaker()
+    assert (b.failure_threshold, b.cooldown, b.half_open_max_calls) == (5, 30.0, 1)
+    assert CircuitBreaker(cooldown=timedelta(minutes=2)).cooldown == 120.0
+    assert "failure_threshold=5" in repr(b)
+
+
+async def test_a_whole_cycle_on_a_stepped_clock(store):
+    """5 failures open it; it refuses for 30 s (retry_in counts down); then one probe goes,
+    and its success closes the breaker."""
+    clock = Clock()
+    b = CircuitBreaker(store=store, clock=clock)
+    for i in range(4):
+        assert (await b.record("openai/x", ok=False)).state == "closed"
+    opened = await b.record("openai/x", ok=False)
+    assert (opened.state, opened.failures) == ("open", 5)
+    clock.advance(12)
+    d = await b.allow("openai/x")
+    assert (d.allowed, d.retry_in) == (False, pytest.approx(18.0))
+    clock.advance(18)
+    assert (await b.state("openai/x")).state == "half_open"
+    probe = await b.allow("openai/x")
+    assert probe.allowed and probe.probe
+    assert not (await b.allow("openai/x")).allowed  # the probe is out
+    assert (await b.record("openai/x", ok=True)).state == "closed"
+    assert (await b.allow("openai/x")).allowed
+
+
+async def test_a_failed_probe_reopens_for_a_whole_cooldown(store):
+    """A probe's failure re-opens the breaker; it refuses for another full cooldown."""
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, cooldown=10, store=store, clock=clock)
+    await b.record("m", ok=False)
+    clock.advance(10)
+    assert (await b.allow("m")).probe
+    clock.advance(3)
+    assert (await b.record("m", ok=False)).state == "open"
+    clock.advance(9.5)
+    assert not (await b.allow("m")).allowed
+    clock.advance(0.5)
+    assert (await b.allow("m")).probe
+
+
+async def test_models_have_their_own_breakers(store):
+    """An open breaker for one model leaves another model's closed."""
+    b = CircuitBreaker(failure_threshold=2, store=store, clock=Clock())
+    for _ in range(2):
+        await b.record("dead/primary", ok=False)
+    assert not (await b.allow("dead/primary")).allowed
+    assert (await b.allow("good/fallback")).allowed
+
+
+async def test_only_one_probe_among_many_concurrent_requests(store):
+    """50 concurrent requests when the cooldown ends: exactly one goes, as the probe."""
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, cooldown=5, store=store, clock=clock)
+    await b.record("m", ok=False)
+    clock.advance(5)
+    decisions = await asyncio.gather(*(b.allow("m") for _ in range(50)))
+    assert sum(d.allowed for d in decisions) == 1
+    assert sum(d.probe for d in decisions) == 1
+
+
+async def test_two_workers_share_one_breaker_through_redis(redis_server):
+    """Two breakers (two workers) on one Redis: failures seen by one open the other's, on the
+    server's clock (no clock given)."""
+    a = CircuitBreaker(failure_threshold=4, store=RedisStore(redis_server.url, prefix="w:"))
+    b = pickle.loads(pickle.dumps(a))  # another worker rebuilds it from its spec
+    assert b.spec() == a.spec() and b is not a
+    for breaker in (a, b, a, b):
+        await breaker.record("proxy/m", ok=False)
+    d = await b.allow("proxy/m")
+    assert (d.state, d.allowed, d.failures) == ("open", False, 4)
+    assert 0 < d.retry_in <= 30
+
+
+def test_what_counts_as_a_failure():
+    """Retryable transport errors count against the server; an answer (valid or not) and a
+    deliberate non-retryable error (400, 401) count for it."""
+    def a(outcome: str, retryable: bool | None = None) -> Attempt:
+        return Attempt(number=1, start=0, end=0, outcome=outcome,  # type: ignore[arg-type]
+                       retryable=retryable)
+
+    assert attempt_ok(a("transport_error", True)) is False
+    assert attempt_ok(a("transport_error", None)) is False
+    assert attempt_ok(a("transport_error", False)) is True
+    assert attempt_ok(a("validation_failed")) is True
+    assert attempt_ok(a("ok")) is True
+
+
+async def test_a_refusal_becomes_a_clear_error(store):
+    """decision.error() is a CircuitOpenError naming the model, the failures and the wait;
+    it is a RetryError and pickles."""
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=3, cooldown=20, store=store, clock=clock)
+    for _ in range(3):
+        await b.record("proxy/dead", ok=False)
+    clock.advance(7.5)
+    err = (await b.allow("proxy/dead")).error(attempts=["a"])
+    assert str(err) == ("circuit breaker open for 'proxy/dead' after 3 consecutive transport "
+                        "failures: the request was not sent; the next probe in 12.5 s")
+    assert isinstance(err, RetryError) and err.reason == "circuit_open" and err.attempts == ["a"]
+    copy = pickle.loads(pickle.dumps(err))
+    assert isinstance(copy, CircuitOpenError) and (copy.key, copy.retry_in) == ("proxy/dead", 12.5)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"failure_threshold": 0}, "failure_threshold"), ({"failure_threshold": 2.5}, "failure_threshold"),
+    ({"cooldown": 0}, "cooldown"), ({"cooldown": "30"}, "cooldown"),
+    ({"half_open_max_calls": 0}, "half_open_max_calls"), ({"clock": 5}, "clock"),
+    ({"key": None}, "key"),
+])
+def test_bad_breaker_arguments_are_config_errors(kwargs, field):
+    """Each bad argument is refused with a ConfigError that names it."""
+    with pytest.raises(ConfigError, match=field):
+        CircuitBreaker(**kwargs)
+
+
+async def test_no_request_reaches_a_dead_primary_while_open(chaos_free):
+    """A primary that answers 503 to everything, called through the proxy route: after
+    failure_threshold failures the breaker opens, and the proxy's journal shows that none of
+    the next 20 requests was sent; after the cooldown one probe is."""
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=30, clock=clock)
+    chaos_free.set_plan(["503"] * 100, key="dead")
+    call = make_call("proxy/primary", api_base=chaos_free.url,
+                     extra_headers={"X-Chaos-Key": "dead"})
+    messages = [{"role": "user", "content": "hi"}]
+    sent = refused = 0
+    for _ in range(23):
+        decision = await breaker.allow(call.model)
+        if not decision.allowed:
+            refused += 1
+            continue
+        sent += 1
+        try:
+            await call(messages=messages)
+            ok = True
+        except ProxyHTTPError:
+            ok = False
+        await breaker.record(call.model, ok=ok)
+    assert (sent, refused) == (3, 20)
+    assert len(chaos_free.journal("dead")) == 3
+    clock.advance(30)
+    assert (await breaker.allow(call.model)).probe
+    with pytest.raises(ProxyHTTPError):
+        await call(messages=messages)
+    assert len(chaos_free.journal("dead")) == 4  # the probe went over the wire
