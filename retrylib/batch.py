@@ -1,0 +1,387 @@
+"""Many calls at once: bounded concurrency, a progress bar, and one row per call.
+
+:func:`run_batch` runs ``retry_with_validation`` for each item of ``calls``, at most
+``concurrency`` at a time, and returns one frozen :class:`BatchRow` per item, in order. A
+call's exception never ends the batch: it becomes the row's ``outcome``::
+
+    rows = await run_batch(
+        [{"messages": [{"role": "user", "content": p}]} for p in prompts],
+        call=make_call("openai/gpt-4o-mini"), validators=[V.JsonObject()],
+        config=RetryConfig(max_attempts=4), concurrency=32,
+    )
+    batch_summary(rows)["requests_per_call"], rows_frame(rows)
+
+An item is a dict of ``retry_with_validation`` arguments, or a list of messages (short for
+``{"messages": item}``); keyword arguments of ``run_batch`` (``call=``, ``validators=``,
+``config=``, ``budget=``, ``breaker=``, ...) are shared by every item, and an item's own keys
+win. Sharing one :class:`~retrylib.budget.RetryBudget` or
+:class:`~retrylib.breaker.CircuitBreaker` makes every call of the batch draw on it.
+
+:func:`run_batch_dask` runs the same on a Dask cluster (``[dask]`` extra): the items go to
+the workers in chunks, each worker runs :func:`run_batch` on its chunk, and a budget or
+breaker travels as its *spec* (they pickle that way): each worker rebuilds it against the
+same Redis, so every worker respects one budget and one breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from retrylib.errors import (
+    BudgetExhaustedError,
+    CallCapExceededError,
+    CircuitOpenError,
+    ConfigError,
+    HumanReviewNeededError,
+    NonRetryableError,
+    RetryError,
+    RetryExhaustedError,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Most specific first: the outcome is that of the first class the error is an instance of.
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (BudgetExhaustedError, "budget"), (CallCapExceededError, "cap"),
+    (CircuitOpenError, "circuit_open"), (HumanReviewNeededError, "human"),
+    (NonRetryableError, "non_retryable"), (RetryExhaustedError, "exhausted"),
+    (RetryError, "failed"),
+)
+Item = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """What became of one call of a batch.
+
+    Attributes:
+        index: the item's position in ``calls``.
+        outcome: ``ok``; ``exhausted`` (attempts, deadline or Retry-After patience ran out),
+            ``human`` (the human stage), ``non_retryable``, ``budget`` (the retry budget
+            refused an extra request), ``cap`` (the call's token/cost cap), ``circuit_open``,
+            ``failed`` (another ``RetryError``); ``error``: an exception that is not a
+            ``RetryError`` (a ``ConfigError``, a bug in a validator, a lost Dask worker).
+        reason: the error's ``reason`` code (``max_attempts``, ``deadline``, ...), or ``None``.
+        attempts: the attempts the call made.
+        api_calls: every request it sent, its validators' (``LLMJudge``) included.
+        tokens_in, tokens_out, cost: its use, its validators' included.
+        stage_reached: the last escalation stage reached.
+        error_type: the exception's class name, or ``None``.
+        error: the exception's message (at most 300 characters), or ``None``.
+        latency: seconds from the call's start to its end.
+        timestamp: wall-clock time of the call's start (comparable across workers).
+        content: the accepted answer (``ok`` only).
+        parsed: the parsed value, when a validator parsed one.
+        warnings: soft checks the accepted answer failed.
+        worker: ``host:pid`` of the process that ran the call.
+    """
+
+    index: int
+    outcome: str
+    reason: str | None
+    attempts: int
+    api_calls: int
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    stage_reached: str | None
+    error_type: str | None
+    error: str | None
+    latency: float
+    timestamp: float
+    content: str | None = None
+    parsed: Any = None
+    warnings: int = 0
+    worker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _outcome(exc: BaseException) -> str:
+    for cls, name in _OUTCOMES:
+        if isinstance(exc, cls):
+            return name
+    return "error"
+
+
+def _row(index: int, outcome: Any, t0: float, wall: float, worker: str) -> BatchRow:
+    latency = time.monotonic() - t0
+    metrics: Mapping[str, Any] = getattr(outcome, "metrics", None) or {}
+    attempts = getattr(outcome, "attempts", None) or []
+    common: dict[str, Any] = dict(
+        index=index, attempts=len(attempts),
+        api_calls=int(metrics.get("total_api_calls", len(attempts))),
+        tokens_in=int(metrics.get("tokens_in", 0)) + int(metrics.get("validator_tokens_in", 0)),
+        tokens_out=int(metrics.get("tokens_out", 0)) + int(metrics.get("validator_tokens_out", 0)),
+        cost=float(metrics.get("cost", 0.0) or 0.0), stage_reached=metrics.get("stage_reached"),
+        latency=latency, timestamp=wall, worker=worker)
+    if isinstance(outcome, BaseException):
+        reason = getattr(outcome, "reason", None)
+        return BatchRow(outcome=_outcome(outcome), reason=reason if isinstance(reason, str) else None,
+                        error_type=type(outcome).__name__, error=str(outcome)[:300], **common)
+    return BatchRow(outcome="ok", reason=None, error_type=None, error=None,
+                    content=outcome.content, parsed=outcome.parsed,
+                    warnings=len(outcome.warnings), **common)
+
+
+def _own(calls: Iterable[Any]) -> list[Item]:
+    """Each item as ``(index, its own kwargs)``."""
+    out: list[Item] = []
+    for i, item in enumerate(calls):
+        if isinstance(item, Mapping):
+            out.append((i, dict(item)))
+        elif isinstance(item, list | tuple) and all(isinstance(m, Mapping) for m in item):
+            out.append((i, {"messages": list(item)}))
+        else:
+            raise ConfigError(f"calls[{i}] must be a dict of retry_with_validation arguments or "
+                              f"a list of messages, got {type(item).__name__}")
+    return out
+
+
+def prepare(calls: Iterable[Any], shared: Mapping[str, Any]) -> list[Item]:
+    """Each item as ``(index, retry_with_validation kwargs)``, checked before any call.
+
+    Raises:
+        ConfigError: an item that is neither a dict nor a list of messages, or a call with no
+            ``call`` or no ``messages`` (named by its index).
+    """
+    items = [(i, {**shared, **own}) for i, own in _own(calls)]
+    for i, kw in items:
+        missing = [k for k in ("call", "messages") if kw.get(k) is None]
+        if missing:
+            raise ConfigError(f"calls[{i}] has no {' and no '.join(missing)} (give it in the item "
+                              f"or as a shared keyword of run_batch)")
+    return items
+
+
+def _bar(progress: bool, total: int, desc: str) -> Any:
+    if not progress:
+        return None
+    try:
+        tqdm = importlib.import_module("tqdm")
+    except ModuleNotFoundError:  # [workbook] brings it; without it the batch runs barless
+        logger.debug("run_batch: tqdm is not installed, no progress bar")
+        return None
+    return tqdm.tqdm(total=total, desc=desc, unit="call", dynamic_ncols=True)
+
+
+async def run_items(items: Sequence[Item], concurrency: int, bar: Any = None) -> list[BatchRow]:
+    """Run prepared items, at most ``concurrency`` at once; one row per item, in order."""
+    from retrylib.manager import retry_with_validation
+
+    rows: list[BatchRow | None] = [None] * len(items)
+    queue = iter(enumerate(items))
+    counts: Counter[str] = Counter()
+    worker = _worker_id()
+
+    async def lane() -> None:
+        # A fixed set of lanes pulling from one iterator: memory stays bounded by
+        # ``concurrency``, not by the number of items.
+        for slot, (index, kw) in queue:
+            t0, wall = time.monotonic(), time.time()
+            try:
+                outcome: Any = await retry_with_validation(**kw)
+            except Exception as exc:  # a call's failure is its row, never the batch's end
+                outcome = exc
+            row = rows[slot] = _row(index, outcome, t0, wall, worker)
+            counts[row.outcome] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(dict(counts), refresh=False)
+
+    await asyncio.gather(*(lane() for _ in range(min(concurrency, len(items)) or 1)))
+    return [r for r in rows if r is not None]
+
+
+def _check_concurrency(concurrency: Any) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    return concurrency
+
+
+async def run_batch(calls: Iterable[Any], *, concurrency: int = 16, progress: bool = True,
+                    desc: str = "calls", **shared: Any) -> list[BatchRow]:
+    """Run many ``retry_with_validation`` calls with bounded concurrency.
+
+    Args:
+        calls: dicts of ``retry_with_validation`` arguments, or lists of messages.
+        concurrency: calls in flight at most (``asyncio`` tasks in this loop).
+        progress: show a tqdm bar (when tqdm is installed: ``[workbook]``), with the count
+            of each outcome.
+        desc: the bar's label.
+        **shared: arguments every call gets (``call``, ``validators``, ``config``,
+            ``budget``, ``breaker``, call kwargs...); an item's own keys win.
+
+    Returns:
+        One :class:`BatchRow` per item, in the order of ``calls``.
+
+    Raises:
+        ConfigError: a malformed item or a bad ``concurrency`` (before any call is made).
+    """
+    concurrency = _check_concurrency(concurrency)
+    items = prepare(calls, shared)
+    bar = _bar(progress, len(items), desc)
+    try:
+        return await run_items(items, concurrency, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_batch_sync(calls: Iterable[Any], **kwargs: Any) -> list[BatchRow]:
+    """The sync wrapper of :func:`run_batch`, for scripts (works inside Jupyter too)."""
+    from retrylib.manager import run_sync
+
+    return run_sync(run_batch(calls, **kwargs))  # type: ignore[no-any-return,unused-ignore]
+
+
+def batch_summary(rows: Sequence[BatchRow]) -> dict[str, Any]:
+    """Counts and totals of a batch: ``calls``, ``outcomes`` (a dict), ``api_calls``,
+    ``requests_per_call`` (the amplification), tokens, cost, and latency percentiles."""
+    latencies = sorted(r.latency for r in rows)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, math.ceil(q * len(latencies)) - 1)] if latencies else 0.0
+
+    api = sum(r.api_calls for r in rows)
+    return {"calls": len(rows), "outcomes": dict(Counter(r.outcome for r in rows)),
+            "api_calls": api, "requests_per_call": api / len(rows) if rows else 0.0,
+            "tokens_in": sum(r.tokens_in for r in rows), "tokens_out": sum(r.tokens_out for r in rows),
+            "cost": sum(r.cost for r in rows), "latency_p50": pct(0.5), "latency_p95": pct(0.95),
+            "workers": len({r.worker for r in rows})}
+
+
+def rows_frame(rows: Sequence[BatchRow]) -> pd.DataFrame:
+    """A DataFrame with one row per call.
+
+    Raises:
+        MissingExtraError: pandas is not installed (``pip install 'retrylib[workbook]'``).
+    """
+    from retrylib._extras import require
+
+    pandas = require("pandas", "rows_frame()")
+    return pandas.DataFrame([r.to_dict() for r in rows])
+
+
+# -- Dask ---------------------------------------------------------------------------------------
+
+
+def run_batch_dask(calls: Iterable[Any], *, client: Any = None, chunk_size: int | None = None,
+                   concurrency: int = 16, progress: bool = True, desc: str = "calls",
+                   **shared: Any) -> list[BatchRow]:
+    """:func:`run_batch` on a Dask cluster (``[dask]`` extra); blocks until every row is in.
+
+    The items are split into chunks (``chunk_size``; default: four per worker); each chunk
+    runs on a worker as one :func:`run_batch` of ``concurrency`` lanes, in its own event
+    loop. The shared keywords are sent once per chunk. A budget or a breaker pickles as its
+    spec and is rebuilt on the worker: on a :class:`~retrylib.state.RedisStore` every worker
+    then shares its buckets and breakers (on a ``MemoryStore`` each worker process would
+    have its own: a warning says so). A chunk whose worker is lost gives ``error`` rows.
+
+    Args:
+        calls, concurrency, progress, desc, **shared: as for :func:`run_batch`; everything
+            must pickle (cloudpickle: a ``ModelCall``, validators, a budget, a breaker do).
+        client: a ``dask.distributed.Client`` or a scheduler address; ``None``: the
+            default client (the last one made).
+        chunk_size: items per task.
+
+    Raises:
+        ConfigError: a malformed item, or no client.
+        MissingExtraError: ``dask.distributed`` is missing (``pip install 'retrylib[dask]'``).
+    """
+    from retrylib._extras import require
+
+    distributed = require("distributed", "run_batch_dask()")
+    concurrency = _check_concurrency(concurrency)
+    prepare(calls := list(calls), shared)  # every item is checked here, before any task
+    own = _own(calls)
+    owned = False
+    if isinstance(client, str):
+        client, owned = distributed.Client(client), True
+    elif client is None:
+        try:
+            client = distributed.get_client()
+        except ValueError:
+            raise ConfigError("run_batch_dask needs client= (a dask.distributed.Client or a "
+                              "scheduler address): no default client exists") from None
+    _warn_local_state(shared)
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ConfigError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    size = chunk_size or max(1, math.ceil(len(own) / (4 * workers)))
+    chunks = [own[i:i + size] for i in range(0, len(own), size)]
+    bar = _bar(progress, len(own), desc)
+    rows: list[BatchRow] = []
+    try:
+        futures = {client.submit(_run_chunk, chunk, shared, concurrency, pure=False): chunk
+                   for chunk in chunks}
+        for future in distributed.as_completed(futures):
+            try:
+                got = future.result()
+            except Exception as exc:  # the worker died or the task failed: its calls are lost
+                got = [_row(i, exc, time.monotonic(), time.time(), "lost") for i, _ in futures[future]]
+            rows.extend(got)
+            if bar is not None:
+                bar.update(len(got))
+    finally:
+        if bar is not None:
+            bar.close()
+        if owned:
+            client.close()
+    return sorted(rows, key=lambda r: r.index)
+
+
+def _warn_local_state(shared: Mapping[str, Any]) -> None:
+    from retrylib.state import MemoryStore
+
+    for name, value in shared.items():
+        if isinstance(getattr(value, "store", None), MemoryStore):
+            logger.warning("run_batch_dask: {}= keeps its state in a MemoryStore, so each Dask "
+                           "worker has its own; give it a RedisStore to share it", name)
+
+
+def _run_chunk(chunk: list[Item], shared: dict[str, Any], concurrency: int) -> list[BatchRow]:
+    """One Dask task: a chunk of calls in a fresh event loop (runs on the worker)."""
+    async def go() -> list[BatchRow]:
+        try:
+            return await run_items([(i, {**shared, **kw}) for i, kw in chunk], concurrency)
+        finally:
+            await _close_for_this_loop(shared)
+
+    return asyncio.run(go())
+
+
+async def _close_for_this_loop(shared: Mapping[str, Any]) -> None:
+    """Close what the chunk's loop opened: Redis connections, the proxy route's HTTP pool."""
+    from retrylib.breaker import CircuitBreaker
+    from retrylib.budget import RetryBudget
+
+    for value in shared.values():
+        if isinstance(value, RetryBudget | CircuitBreaker):
+            await value.aclose()
+    pools = getattr(importlib.import_module("retrylib.client"), "_HTTP", None)
+    http = pools.pop(asyncio.get_running_loop(), None) if pools is not None else None
+    if http is not None:
+        await http.aclose()
+
+
+__all__ = ["BatchRow", "batch_summary", "prepare", "rows_frame", "run_batch", "run_batch_dask",
+           "run_batch_sync", "run_items"]
