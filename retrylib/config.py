@@ -136,6 +136,23 @@ class RetryConfig(BaseModel):
         hooks: objects told about each call and attempt (see ``retrylib.hooks``).
         retry_on: classifies a transport failure: ``classify`` (the default) or a callable
             ``(exception) -> Classification | bool`` (a bool overrides ``retryable`` only).
+        max_total_tokens, max_total_cost: a cap on the call's tokens (in + out) and cost
+            across all its attempts: the call ends with ``CallCapExceededError`` when the
+            next attempt would pass it (estimated as the mean of the answered attempts:
+            ``retrylib.budget.CallCap``).
+        budget: a ``retrylib.budget.RetryBudget`` that every extra request of the call
+            draws on (retries, re-asks, fallback calls, the calls of an ``LLMJudge``);
+            ``None`` (the default): no budget, nothing changes. Share one between calls (and,
+            with a ``RedisStore``, between processes).
+        breaker: a ``retrylib.breaker.CircuitBreaker``, asked before each attempt and told
+            its result; an open breaker moves the call to the next fallback model at once
+            (or ends it with ``CircuitOpenError`` when none is left).
+        fallback_on: what moves a call to the next of ``fallback_models`` besides failed
+            validations: ``breaker_open`` (the model's breaker refuses it) and ``transport``
+            (``fallback_after_transport_failures`` transport failures in a row on one
+            model). pydantic-ai's ``fallback_on``.
+        fallback_after_transport_failures: see ``fallback_on``; ``None``: a model's
+            transport failures are retried on the same model (the breaker may still move on).
         wait: the delay before retry ``n`` (``n = 1`` before attempt 2): a callable
             ``(n) -> float``; default the backoff of ``initial_delay``, ``backoff_factor``,
             ``max_delay`` and ``jitter``. ``Retry-After`` still applies on top.
@@ -177,7 +194,14 @@ class RetryConfig(BaseModel):
     tool_max_rounds: int = Field(2, ge=0, le=20)
     tool_timeout: float = Field(10.0, gt=0)
 
+    max_total_tokens: int | None = Field(None, gt=0)
+    max_total_cost: float | None = Field(None, gt=0)
+    fallback_on: tuple[Literal["breaker_open", "transport"], ...] = ("breaker_open", "transport")
+    fallback_after_transport_failures: int | None = Field(None, ge=1)
+
     # Objects, not data: left out of model_dump() (a review case stores the data only).
+    budget: Any = Field(None, exclude=True)
+    breaker: Any = Field(None, exclude=True)
     stages: tuple[tuple[int, Any], ...] = Field((), exclude=True)
     hooks: tuple[Any, ...] = Field((), exclude=True)
     retry_on: Callable[..., Any] | None = Field(None, exclude=True)
@@ -257,6 +281,12 @@ class RetryConfig(BaseModel):
                 )
         if self.max_attempts_before_fallback is not None and not self.fallback_models:
             raise ValueError("max_attempts_before_fallback is set but fallback_models is empty")
+        if self.fallback_after_transport_failures is not None and not self.fallback_models:
+            raise ValueError("fallback_after_transport_failures is set but fallback_models is empty")
+        for name, kind in (("budget", "RetryBudget"), ("breaker", "CircuitBreaker")):
+            obj = getattr(self, name)
+            if obj is not None and type(obj).__name__ != kind and not hasattr(obj, "allow"):
+                raise ValueError(f"{name} must be a retrylib {kind}, got {type(obj).__name__}")
         if self.max_attempts_before_tool_use is not None and not self.debug_tool_name:
             raise ValueError("max_attempts_before_tool_use is set but debug_tool_name is empty")
         taken = {t: s for s, t in ladder}

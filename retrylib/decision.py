@@ -19,7 +19,8 @@ time left by the deadline is passed in (``remaining``), so the function stays pu
 The order of the checks, as ``retry_with_validation`` has always applied them:
 
 - transport: not retryable → ``non_retryable``; deadline already passed → ``deadline``;
-  no attempt left → ``max_attempts``; ``Retry-After`` beyond ``max_retry_after`` →
+  no attempt left → ``max_attempts``; the model failed ``outage_after`` times in a row and
+  a fallback model is left → ``ESCALATE`` (reason ``outage``, no wait); ``Retry-After`` beyond ``max_retry_after`` →
   ``retry_after``; the wait would outlast the deadline → ``deadline``; else ``RETRY``;
 - invalid: the failure count grows; an answer that could not be judged (the deadline
   passed while validating, a validator raised) → that reason; a terminal stage (human review) reached → ``human``;
@@ -32,14 +33,13 @@ The order of the checks, as ``retry_with_validation`` has always applied them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 OK, INVALID, TRANSPORT, REJECTED = "ok", "invalid", "transport", "rejected"
 RETURN, RAISE, RETRY, REASK, ESCALATE = "return", "raise", "retry", "reask", "escalate"
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one attempt came to (see the module docstring for the kinds).
 
     Attributes:
@@ -59,19 +59,22 @@ class Outcome:
     fatal: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class State:
+class State(NamedTuple):
     """The per-call facts a decision needs.
 
     Attributes:
         attempt: the number of the attempt that just ended (1-based).
         failures: validation failures before it.
         stage: the ladder index of that attempt's stage.
+        model_failures: transport failures in a row on the current model, this one included.
+        can_move: a further fallback model is left to move to.
     """
 
     attempt: int
     failures: int
     stage: int
+    model_failures: int = 0
+    can_move: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,9 @@ class Policy:
         thresholds: per ladder index, the failure count that starts the stage.
         terminal: per ladder index, whether reaching it ends the call (human review).
         respect_retry_after, max_retry_after, delay_validation_retries: as in ``RetryConfig``.
+        outage_after: transport failures in a row on one model that move the call to the
+            next fallback model (``fallback_after_transport_failures`` with ``fallback_on``
+            holding ``transport``); ``None``: never.
     """
 
     max_attempts: int
@@ -91,6 +97,7 @@ class Policy:
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
     delay_validation_retries: bool = False
+    outage_after: int | None = None
 
     def stage_for(self, failures: int) -> int:
         """The ladder index that ``failures`` failed validations reach (the last one wins)."""
@@ -101,8 +108,7 @@ class Policy:
         return idx
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What the loop does next.
 
     Attributes:
@@ -111,7 +117,9 @@ class Decision:
         failures: the validation-failure count after this outcome.
         stage: the ladder index of the next attempt.
         reason: for ``raise``: ``non_retryable``, ``max_attempts``, ``deadline``,
-            ``retry_after``, ``human`` or ``validator_error``.
+            ``retry_after``, ``human`` or ``validator_error`` (the loop's gates add
+            ``breaker_open``, ``budget`` and ``cap``); for ``escalate``: ``outage`` when
+            the model is down (the call moves to the next fallback model).
         detail: for ``raise``: facts for the message (the wait, the deadline, ...).
     """
 
@@ -149,6 +157,10 @@ def decide(state: State, outcome: Outcome, policy: Policy, *, planned: float = 0
                             detail=("during", n))
         if n >= policy.max_attempts:
             return Decision(RAISE, failures=failures, stage=stage, reason="max_attempts")
+        if policy.outage_after is not None and state.can_move \
+                and state.model_failures >= policy.outage_after:
+            # The model is down: the next fallback model, at once (its server is another one).
+            return Decision(ESCALATE, 0.0, failures, stage, reason="outage")
         wait = planned
         ra = outcome.retry_after
         if ra is not None and policy.respect_retry_after:

@@ -67,6 +67,7 @@ def build_messages(
     base: Sequence[dict[str, Any]],
     history: Sequence[Exchange],
     policy: str = "full",
+    flat: bool = False,
 ) -> list[dict[str, Any]]:
     """The messages of the next attempt: the original ones, then the replayed failures.
 
@@ -80,18 +81,25 @@ def build_messages(
         base: the caller's messages.
         history: the failed attempts so far, oldest first.
         policy: ``full`` (every failure) or ``last`` (only the latest).
+        flat: the caller knows that no message of ``base`` holds a list or a dict
+            (:func:`is_flat`), so one dict copy each is enough.
 
     Returns:
         A new list of new dicts.
     """
-    out = [copy.deepcopy(m) if any(isinstance(v, list | dict) for v in m.values()) else dict(m)
-           for m in base]
+    out = ([dict(m) for m in base] if flat else
+           [copy.deepcopy(m) if not is_flat(m) else dict(m) for m in base])
     replay = history if policy == "full" else history[-1:]
     for ex in replay:
         # llama.cpp's server answers 500 to an assistant message whose content is None.
         out.append({"role": "assistant", "content": ex.answer or ""})
         out.append({"role": "user", "content": ex.feedback})
     return out
+
+
+def is_flat(message: dict[str, Any]) -> bool:
+    """No value of ``message`` is a list or a dict: a ``dict()`` copy is a full copy."""
+    return not any(isinstance(v, list | dict) for v in message.values())
 
 
 def cap_text(text: str, limit: int | None) -> tuple[str, int]:

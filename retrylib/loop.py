@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from retrylib.budget import CallCap
 from retrylib.classify import Classification, classify, error_facts
 from retrylib.config import RetryConfig
 from retrylib.constrained import (
@@ -33,7 +34,7 @@ from retrylib.constrained import (
     looks_like_schema_rejection,
     schema_from_validators,
 )
-from retrylib.decision import INVALID, OK, REJECTED, TRANSPORT, Decision, Outcome
+from retrylib.decision import ESCALATE, INVALID, OK, RAISE, REJECTED, TRANSPORT, Decision, Outcome
 from retrylib.errors import ExtractionError
 from retrylib.extract import (
     extract_finish_reason,
@@ -43,10 +44,10 @@ from retrylib.extract import (
     is_cache_hit,
     response_cost,
 )
-from retrylib.feedback import Exchange, build_messages, cap_text, feedback_text
+from retrylib.feedback import Exchange, build_messages, cap_text, feedback_text, is_flat
 from retrylib.hooks import AttemptDetails, CallInfo, safely
 from retrylib.result import Attempt, summarize
-from retrylib.stages import Request
+from retrylib.stages import Fallback, Request
 from retrylib.validators.base import (
     ValidationContext,
     ValidationResult,
@@ -65,8 +66,9 @@ _CUT_OFF = ("Your previous answer was cut off at the token limit before it was c
 
 def is_async(fn: Any) -> bool:
     """Whether calling ``fn`` gives an awaitable (an ``async def`` function or ``__call__``)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(type(fn), "__call__", None))
+    dunder = None if inspect.isfunction(fn) else next(
+        (k.__dict__["__call__"] for k in type(fn).__mro__ if "__call__" in k.__dict__), None)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(dunder)
 
 
 class ValidatorCrash(Exception):
@@ -84,7 +86,8 @@ class _Loop:
                  validators: Sequence[Validator], config: RetryConfig, response_format: Any,
                  depth: int, call_kwargs: dict[str, Any], policy: Policy, hooks: tuple[Any, ...]):
         self.call = call
-        self.base = copy.deepcopy(list(messages))
+        self.base_flat = all(is_flat(m) for m in messages)
+        self.base = [dict(m) for m in messages] if self.base_flat else copy.deepcopy(list(messages))
         self.validators = list(validators)  # as given: a review case records each one
         # One validator is used as is (AllOf around it only costs time; _children checks it).
         self.validator = (_children("validators", tuple(validators))[0] if len(validators) == 1
@@ -140,6 +143,20 @@ class _Loop:
         # text, request); their verdict to the route waits until the call ends.
         self.softly: list[tuple[int, int, ValidationResult, Any, str, Request]] = []
         self.info = CallInfo.new(self.call_model, policy.max_attempts) if hooks else None
+        # The gates (retrylib.budget, retrylib.breaker) and what they leave in the records.
+        self.fallback_idx = self.ladder.index_of("fallback") if self.ladder.has(Fallback) else None
+        self.budget = config.budget
+        self.outer = False  # the call is an LLMJudge's: its every attempt is an extra request
+        self.cap = (CallCap(config.max_total_tokens, config.max_total_cost)
+                    if config.max_total_tokens or config.max_total_cost else None)
+        self.guarded = bool(config.breaker is not None or self.budget is not None or self.cap)
+        self.first_number = 1  # the number of this leg's first attempt
+        self.model_failures = 0  # transport failures in a row on the current model
+        self.next_kind = "transport"  # what the next extra request is for (the budget's kind)
+        self.breaker_state: str | None = None
+        self.budget_level: float | None = None
+        self.gate_note: str | None = None
+        self.gate_error: Exception | None = None
 
     # -- one attempt ---------------------------------------------------------------------------
     def request(self) -> Request:
@@ -154,13 +171,103 @@ class _Loop:
             kw.setdefault("timeout", self.config.attempt_timeout)
         if self.response_format is not None:
             kw["response_format"] = self.response_format
-        req = Request(build_messages(self.base, history, self.config.feedback_history), kw,
-                      self.caller_constrains)
-        for stage in self.ladder.stages[1:i + 1]:
-            stage.apply(req, self)
+        req = Request(build_messages(self.base, history, self.config.feedback_history,
+                                     self.base_flat), kw, self.caller_constrains)
+        if i:
+            for stage in self.ladder.stages[1:i + 1]:
+                stage.apply(req, self)
+        if self.outage_moves and (self.fallback_idx is None or i < self.fallback_idx):
+            self.apply_fallback_model(req.kwargs)
+        if self.gate_note:
+            req.notes.append(self.gate_note)
+            self.gate_note = None
         if self.replay_note:
             req.notes.append(self.replay_note)
         return req
+
+    # -- the gates before an attempt: breaker, budget, cap (Polly's order: the deadline and
+    # -- the retry are decided; then the breaker; the attempt timeout is the attempt's own)
+    async def admit(self) -> Decision | None:
+        """Ask the breaker, the budget and the cap about the next attempt.
+
+        Returns:
+            ``None``: it may go. Else a ``raise`` decision (``breaker_open``, ``budget``,
+            ``cap``) whose error is ``gate_error``. An open breaker with a fallback model
+            left moves the call on instead (``fallback_on`` holding ``breaker_open``).
+        """
+        c, n = self.config, len(self.attempts) + 1
+        first = n == self.first_number
+        if c.breaker is not None:
+            while True:
+                model, base = self.target()
+                d = await c.breaker.allow(model, api_base=base)
+                self.breaker_state = d.state
+                if d.allowed:
+                    break
+                if "breaker_open" in c.fallback_on and self.can_move():
+                    self.move_on(f"breaker {d.state} for {d.key} (retry in {d.retry_in:.1f}s)")
+                    continue
+                self.gate_error = d.error(attempts=list(self.attempts), last_error=self.last_error)
+                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="breaker_open")
+        if self.budget is not None and (not first or self.outer):
+            model, base = self.target()
+            kind = "judge" if self.outer else self.next_kind
+            b = await self.budget.allow(model, api_base=base, kind=kind)
+            self.budget_level = b.level
+            if not b.allowed:
+                self.gate_error = b.error(attempts=list(self.attempts), last_error=self.last_error)
+                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="budget")
+        if self.cap is not None and not first:
+            extra = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
+                        + getattr(r, "metrics", {}).get("tokens_out", 0) for r in self.subresults)
+            cd = self.cap.check(self.attempts, extra_tokens=extra)
+            if not cd.allowed:
+                self.gate_error = cd.error(attempts=list(self.attempts), last_error=self.last_error)
+                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="cap")
+        return None
+
+    async def report(self, a: Attempt, kwargs: dict[str, Any]) -> None:
+        """Tell the breaker and the budget what the attempt came to; note their state in it."""
+        ok_for_breaker = not (a.outcome == "transport_error" and a.retryable is not False)
+        self.model_failures = 0 if ok_for_breaker else self.model_failures + 1
+        if not self.guarded:
+            return
+        model = a.model
+        base = kwargs.get("api_base") or getattr(self.call, "defaults", {}).get("api_base")
+        if self.config.breaker is not None:
+            a.breaker_state = self.breaker_state
+            await self.config.breaker.record(model, ok_for_breaker, api_base=base)
+        if self.budget is not None:
+            self.budget_level = a.budget_level = await self.budget.record(
+                model, api_base=base, ok=a.outcome == "ok")
+
+    def target(self) -> tuple[str | None, str | None]:
+        """The model (and base URL) the next attempt goes to."""
+        kw: dict[str, Any] = {}
+        if self.fallback_position() >= 0 and (self.outage_moves or (
+                self.fallback_idx is not None and self.stage >= self.fallback_idx)):
+            self.apply_fallback_model(kw)
+        defaults = getattr(self.call, "defaults", None) or {}
+        model = kw.get("model") or self.call_kwargs.get("model") or self.call_model
+        return model, kw.get("api_base") or self.call_kwargs.get("api_base") or defaults.get("api_base")
+
+    def apply_fallback_model(self, kwargs: dict[str, Any]) -> None:
+        models = self.config.fallback_models
+        pos = self.fallback_position()
+        if models and pos >= 0:
+            kwargs.update(models[min(pos, len(models) - 1)].call_kwargs())
+
+    def can_move(self) -> bool:
+        return self.fallback_position() + 1 < len(self.config.fallback_models)
+
+    def move_on(self, why: str) -> None:
+        """Send the next attempt to the next fallback model (the current one is down)."""
+        before = self.target()[0]
+        self.outage_moves += 1
+        self.model_failures = 0
+        if self.fallback_idx is not None:
+            self.stage = max(self.stage, self.fallback_idx)
+        self.gate_note = f"{why}: moved from {before} to {self.target()[0]}"
 
     async def attempt(self) -> Outcome:
         """Make one attempt; record it; return what it came to."""
@@ -183,7 +290,7 @@ class _Loop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return self.transport_failure(exc, req, n, start, stamp)
+            return await self.transport_failure(exc, req, n, start, stamp)
         end = time.monotonic() - self.t0
         result = await self.check(response, req.messages, n)
         text = self.last_text
@@ -203,6 +310,7 @@ class _Loop:
             a.cost, a.cache_hit = response_cost(response), is_cache_hit(response)
             a.finish_reason = extract_finish_reason(response)
             a.model = a.model or extract_model(response)
+        await self.report(a, req.kwargs)
         self.record(a)
         self.last_result = result
         if result.valid:
@@ -210,8 +318,8 @@ class _Loop:
         return Outcome(INVALID, soft=result.soft and text is not None and fatal is None,
                        fatal=fatal)
 
-    def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
-                          stamp: float) -> Outcome:
+    async def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
+                                stamp: float) -> Outcome:
         verdict = self.classify(exc)
         self.last_exc, self.last_verdict = exc, verdict
         self.last_error = error_facts(exc, verdict)
@@ -223,7 +331,7 @@ class _Loop:
                                     f"{verdict.status_code})")
             req.notes = [f"constrained stage skipped: {self.constrained_off}"]
             kind = REJECTED
-        self.record(Attempt(
+        a = Attempt(
             n, start, time.monotonic() - self.t0, "transport_error",
             self.ladder.stages[self.stage].name, self.scheduled, self.retry_after, self.slept,
             error_type=verdict.error_type, status_code=verdict.status_code,
@@ -231,7 +339,9 @@ class _Loop:
             tool_suggested=req.tool_suggested, mcp_config_sent=req.mcp,
             constrained=req.constrained, model=req.kwargs.get("model") or self.call_model,
             note="; ".join(req.notes) if req.notes else None, messages_sent=len(req.messages),
-            timestamp=stamp))
+            timestamp=stamp)
+        await self.report(a, req.kwargs)
+        self.record(a)
         return Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
 
     def classify(self, exc: BaseException) -> Classification:
@@ -293,7 +403,7 @@ class _Loop:
         if v is None:
             return ValidationResult.ok()
         ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
-                                max_depth=self.config.max_validator_depth)
+                                max_depth=self.config.max_validator_depth, budget=self.budget)
         left = self.remaining()
         try:
             if left is None:
@@ -335,6 +445,11 @@ class _Loop:
         self.scheduled = planned if kind == TRANSPORT or self.config.delay_validation_retries else 0.0
         self.retry_after = outcome.retry_after if kind == TRANSPORT else None
         self.slept = 0.0
+        self.next_kind = ("fallback" if d.action == ESCALATE else
+                          "reask" if kind == INVALID else "transport")
+        if d.reason == "outage":
+            self.move_on(f"{self.model_failures} transport failures in a row "
+                         f"(fallback_after_transport_failures={self.config.fallback_after_transport_failures})")
         if kind != INVALID:
             return
         self.failures = d.failures
@@ -391,9 +506,14 @@ class _Loop:
                 logger.warning("cache {} failed: {}: {}", verdict, type(exc).__name__, exc)
 
     def fallback_position(self) -> int:
-        """Which of ``fallback_models`` the fallback stage sends to (``-1``: the primary)."""
-        t = self.ladder.thresholds[self.ladder.index_of("fallback")]
-        return (self.failures - t if self.failures >= t else -1) + self.outage_moves
+        """Which of ``fallback_models`` the next attempt goes to (``-1``: the primary): one
+        on for each failed validation from the fallback stage on, and for each outage."""
+        validated = -1
+        if self.fallback_idx is not None:
+            t = self.ladder.thresholds[self.fallback_idx]
+            if self.failures >= t:
+                validated = self.failures - t
+        return validated + self.outage_moves
 
     def remaining(self) -> float | None:
         return None if self.deadline_at is None else self.deadline_at - time.monotonic()

@@ -60,11 +60,14 @@ async def _run(loop: _Loop) -> RetryResult:
     """The loop: one attempt, one decision, until the decision is to return or to raise."""
     wait = _wait_strategy(loop)
     while True:
+        gate = await loop.admit() if loop.guarded else None  # breaker, budget, cap
+        if gate is not None:
+            return await _give_up(loop, gate)
         outcome = await loop.attempt()
         n = len(loop.attempts)
         planned = wait(n) if outcome.kind != OK else 0.0
-        d = decide(State(n, loop.failures, loop.stage), outcome, loop.policy, planned=planned,
-                   remaining=loop.remaining())
+        state = State(n, loop.failures, loop.stage, loop.model_failures, loop.can_move())
+        d = decide(state, outcome, loop.policy, planned=planned, remaining=loop.remaining())
         await loop.apply(d, outcome, planned)
         if d.action == RETURN:
             return await _accept(loop, loop.attempts[-1].number, loop.last_result,
@@ -103,19 +106,23 @@ async def _accept(loop: _Loop, number: int, result: Any, response: Any, text: st
 
 async def _give_up(loop: _Loop, d: Decision) -> RetryResult:
     """The one raise path, unless some answer failed only soft checks: then it is returned."""
-    if loop.softly and d.reason != "validator_error":
+    if loop.softly and d.reason not in ("validator_error", "cap"):
         _, neg_number, result, response, text, _req = min(loop.softly, key=lambda s: s[:2])
         loop.reached = max(loop.ladder.index_of(a.stage) for a in loop.attempts)
         return await _accept(loop, -neg_number, result, response, text, warnings=result.errors)
     err = _error(loop, d)
     cause = (loop.crash.exc if loop.crash is not None and d.reason == "validator_error" else
-             loop.last_exc if loop.attempts[-1].outcome == "transport_error" else None)
+             loop.last_exc if loop.attempts and loop.attempts[-1].outcome == "transport_error"
+             else None)
     raise err from cause
 
 
 def _error(loop: _Loop, d: Decision) -> RetryError:
     """The error that ends the call, for the decision's reason."""
     c, attempts, last = loop.config, list(loop.attempts), loop.last_error
+    if d.reason in ("breaker_open", "budget", "cap"):
+        assert isinstance(loop.gate_error, RetryError)
+        return loop.gate_error
     if d.reason == "human":
         m = c.max_attempts_before_human
         return HumanReviewNeededError(
@@ -160,16 +167,19 @@ def _policy(config: RetryConfig, first: int) -> Policy:
     policy: Policy | None = config.__dict__.get("_policy")
     if policy is None:
         ladder = config.stage_ladder
+        outage = (config.fallback_after_transport_failures if "transport" in config.fallback_on
+                  else None)
         policy = Policy(config.max_attempts, ladder.thresholds,
                         tuple(s.terminal for s in ladder.stages), config.respect_retry_after,
-                        config.max_retry_after, config.delay_validation_retries)
+                        config.max_retry_after, config.delay_validation_retries, outage)
         config.__dict__["_policy"] = policy
     if MODE.testing and MODE.attempts:
         cap = min(config.max_attempts, first - 1 + MODE.attempts)
         if cap != policy.max_attempts:
             return Policy(cap, *(getattr(policy, f) for f in
                                  ("thresholds", "terminal", "respect_retry_after",
-                                  "max_retry_after", "delay_validation_retries")))
+                                  "max_retry_after", "delay_validation_retries",
+                                  "outage_after")))
     return policy
 
 
@@ -242,6 +252,7 @@ async def retry_with_validation(
     depth: int = 0,
     review_store: ReviewStore | str | None = None,
     call_key: str | int | None = None,
+    outer_budget: Any = None,
     **call_kwargs: Any,
 ) -> RetryResult:
     """Call ``call`` until its answer passes every validator.
@@ -267,6 +278,9 @@ async def retry_with_validation(
         call_key: with ``config.seed``, makes this call's backoff reproducible (the RNG is
             seeded with the pair); by default each call gets its own key, so calls sharing a
             seed do not retry in lockstep. ``metrics["call_key"]`` is the key a call took.
+        outer_budget: the ``RetryBudget`` of an enclosing call (``LLMJudge`` passes it): every
+            attempt of this call, the first included, is an extra request of that call and
+            draws on it.
         **call_kwargs: passed to every call (``temperature``, ``extra_headers``, ...).
 
     Returns:
@@ -276,6 +290,9 @@ async def retry_with_validation(
         ConfigError: an argument is wrong (raised before any call is made).
         NonRetryableError: after one call, on an error retrying cannot fix.
         RetryExhaustedError: attempts, deadline or ``Retry-After`` patience ran out.
+        BudgetExhaustedError, CircuitOpenError, CallCapExceededError: the retry budget
+            refused an extra request, the breaker refused the last model, or the next
+            attempt would pass the call's token/cost cap.
         HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure;
             with a review store, the case is written first and ``case_id`` names it.
         ValidatorError: a validator raised (the attempts so far are kept).
@@ -285,6 +302,8 @@ async def retry_with_validation(
     loop = _Loop(call, messages, list(validators or ()), config, response_format, depth,
                  call_kwargs, _policy(config, 1), _hooks(config))
     loop.call_key = call_key
+    if outer_budget is not None:
+        loop.budget, loop.outer, loop.guarded = outer_budget, True, True
     return await _drive(loop, review_store)
 
 
@@ -330,6 +349,7 @@ async def continue_with_validation(
     loop = _Loop(call, state["base"], list(validators or ()), config, response_format, depth,
                  call_kwargs, _policy(config, first), _hooks(config))
     loop.restore(state, guidance)
+    loop.first_number = first
     return await _drive(loop, review_store)
 
 

@@ -155,24 +155,43 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
 
 def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str) -> dict[str, Any]:
     """The metrics dict of a call, from its attempts and the calls its validators made."""
+    slept = cost = 0.0
+    tin = tout = hits = invalid = transport = tools = 0
+    for a in attempts:  # one pass: this runs once per call, on the hot path
+        slept += a.slept
+        tin += a.tokens_in
+        tout += a.tokens_out
+        cost += a.cost
+        hits += a.cache_hit
+        if a.outcome == "validation_failed":
+            invalid += 1
+        elif a.outcome == "transport_error":
+            transport += 1
+        if a.tool_calls:
+            tools += len(a.tool_calls)
+    n = len(attempts)
     m: dict[str, Any] = {
-        "api_calls": len(attempts),
+        "api_calls": n,
         "total_seconds": (attempts[-1].end if attempts else 0.0),
-        "sleep_seconds": sum(a.slept for a in attempts),
-        "tokens_in": sum(a.tokens_in for a in attempts),
-        "tokens_out": sum(a.tokens_out for a in attempts),
-        "cost": sum(a.cost for a in attempts),
-        "cache_hits": sum(a.cache_hit for a in attempts),
+        "sleep_seconds": slept,
+        "tokens_in": tin,
+        "tokens_out": tout,
+        "cost": cost,
+        "cache_hits": hits,
         "stage_reached": stage_reached,
-        "validation_failures": sum(a.outcome == "validation_failed" for a in attempts),
-        "transport_errors": sum(a.outcome == "transport_error" for a in attempts),
-        "validator_api_calls": sum(r.metrics.get("total_api_calls", 0) for r in subresults),
-        "validator_tokens_in": sum(_nested(r, "tokens_in") for r in subresults),
-        "validator_tokens_out": sum(_nested(r, "tokens_out") for r in subresults),
-        "tool_calls": sum(len(a.tool_calls) for a in attempts),
+        "validation_failures": invalid,
+        "transport_errors": transport,
+        "validator_api_calls": 0,
+        "validator_tokens_in": 0,
+        "validator_tokens_out": 0,
+        "tool_calls": tools,
     }
-    m["total_api_calls"] = m["api_calls"] + m["validator_api_calls"]
-    m["cache_hit_rate"] = m["cache_hits"] / m["api_calls"] if attempts else 0.0
+    if subresults:
+        m["validator_api_calls"] = sum(r.metrics.get("total_api_calls", 0) for r in subresults)
+        m["validator_tokens_in"] = sum(_nested(r, "tokens_in") for r in subresults)
+        m["validator_tokens_out"] = sum(_nested(r, "tokens_out") for r in subresults)
+    m["total_api_calls"] = n + m["validator_api_calls"]
+    m["cache_hit_rate"] = hits / n if n else 0.0
     return m
 
 

@@ -112,10 +112,7 @@ class Fallback(Stage):
     fresh_start = True
 
     def apply(self, request: Request, call: _Loop) -> None:
-        models = call.config.fallback_models
-        pos = call.fallback_position()
-        if models and pos >= 0:
-            request.kwargs.update(models[min(pos, len(models) - 1)].call_kwargs())
+        call.apply_fallback_model(request.kwargs)
 
 
 class Tool(Stage):

@@ -59,6 +59,8 @@ class ValidationContext:
         max_depth: the recursion limit for validators that call models.
         subresults: ``RetryResult`` objects of calls that validators made; the manager adds
             their API calls and tokens to the outer call's metrics.
+        budget: the outer call's ``RetryBudget`` (or ``None``): a validator that makes calls
+            (``LLMJudge``) draws on it, since its calls are extra requests of the call.
     """
 
     attempt: int = 1
@@ -66,6 +68,7 @@ class ValidationContext:
     depth: int = 0
     max_depth: int = 2
     subresults: list[Any] = field(default_factory=list)
+    budget: Any = None
 
 
 @runtime_checkable

@@ -94,7 +94,8 @@ async def consult(
 
     try:
         result = await retry_with_validation(call, messages, validators=validators, config=config,
-                                             depth=context.depth + 1, **call_kwargs)
+                                             depth=context.depth + 1,
+                                             outer_budget=context.budget, **call_kwargs)
     except RetryError as exc:
         # The failed calls still cost calls: count them in the outer metrics.
         context.subresults.append(

@@ -1,0 +1,193 @@
+"""The loop with its gates: one retry budget for every extra request, a breaker per model,
+fallback on outage, and a per-call cap (issue 12), in process with scripted routes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from retrylib import RetryConfig, retry_with_validation
+from retrylib import validators as V
+from retrylib.breaker import CircuitBreaker
+from retrylib.budget import RetryBudget
+from retrylib.errors import CallCapExceededError, CircuitOpenError
+from retrylib.testing import ScriptedCall, http_error, reply, set_testing
+
+PROMPT = [{"role": "user", "content": "Say ok."}]
+
+
+def by_model(down: set[str], answer: str = "ok") -> ScriptedCall:
+    """A route whose models in ``down`` answer 503, the others ``answer``."""
+
+    def serve(messages, model=None, **kw):
+        return http_error(503) if (model or "primary") in down else reply(answer, tokens=(5, 1))
+
+    return ScriptedCall([], then=serve, model="primary")
+
+
+def cfg(**kw):
+    return RetryConfig(**{"max_attempts": 5, "initial_delay": 0, "max_delay": 0,
+                          "jitter": "none", **kw})
+
+
+async def _run_many(call, n, config, validators=None):
+    outcomes = []
+    for _ in range(n):
+        try:
+            r = await retry_with_validation(call, PROMPT, validators, config)
+            outcomes.append(("ok", r))
+        except Exception as exc:  # each call ends once, with a result or an error
+            outcomes.append((type(exc).__name__, exc))
+    return outcomes
+
+
+async def test_budget_bounds_amplification_at_total_outage():
+    """100% failure, 100 calls of 5 attempts: without a budget 5 requests a call, with one
+    requests ÷ calls ≤ 1.2 and the refused calls end with BudgetExhaustedError."""
+    dead = by_model({"primary"})
+    out = await _run_many(dead, 100, cfg())
+    assert dead.calls == 500 and {k for k, _ in out} == {"RetryExhaustedError"}
+    dead = by_model({"primary"})
+    budget = RetryBudget()
+    out = await _run_many(dead, 100, cfg(budget=budget))
+    assert dead.calls / 100 <= 1.2
+    assert sum(k == "BudgetExhaustedError" for k, _ in out) >= 90
+    err = next(e for k, e in out if k == "BudgetExhaustedError")
+    assert err.reason == "budget" and "primary" in str(err) and err.attempts
+    assert err.key == "primary" and err.level <= budget.threshold
+    level = await budget.level("primary")
+    assert 0 <= level <= budget.max_tokens
+
+
+async def test_budget_changes_no_outcome_at_ten_percent_failure():
+    """10% of first attempts fail once: with the budget on, every call still succeeds."""
+    items = []
+    for i in range(200):
+        if i % 10 == 0:
+            items.append(http_error(503))
+        items.append(reply("ok", tokens=(5, 1)))
+    call = ScriptedCall(items)
+    out = await _run_many(call, 200, cfg(budget=RetryBudget()))
+    assert [k for k, _ in out] == ["ok"] * 200 and call.remaining == 0
+
+
+async def test_every_attempt_records_the_budget_level_and_breaker_state():
+    """The budget's level and the breaker's state are in each attempt record."""
+    call = ScriptedCall([http_error(503), "ok"])
+    r = await retry_with_validation(call, PROMPT, None, cfg(budget=RetryBudget(),
+                                                            breaker=CircuitBreaker()))
+    assert [a.breaker_state for a in r.attempts] == ["closed", "closed"]
+    assert [a.budget_level for a in r.attempts] == [10.0, pytest.approx(9.1)]
+
+
+async def test_reasks_and_judge_calls_draw_on_the_budget(chaos_free):
+    """A re-ask after an invalid answer and an LLMJudge's call both take budget tokens."""
+    budget = RetryBudget(max_tokens=10)
+    key = uuid.uuid4().hex
+    chaos_free.set_plan(['reply:{"pass": true, "reason": "says ok"}'], key=key)
+    judge = V.LLMJudge("openai/judge", "The answer says ok.", api_base=chaos_free.url,
+                       api_key="sk-local", extra_headers={"X-Chaos-Key": key},
+                       config=cfg(max_attempts=1))
+    call = ScriptedCall(["bad", "ok"])
+    r = await retry_with_validation(call, PROMPT, [V.RegexMatch("^ok$"), judge],
+                                    cfg(budget=budget))
+    assert r.content == "ok" and len(chaos_free.journal(key)) == 1
+    # one re-ask on the route's key, one judge call on the judge's: each cost 1, each
+    # success gave back 0.1
+    assert await budget.level("scripted") == pytest.approx(10 - 1 + 0.1)
+    assert await budget.level("openai/judge") == pytest.approx(10 - 1 + 0.1)
+
+
+async def test_open_breaker_moves_to_the_fallback_and_spares_the_dead_primary():
+    """Primary down: the first call fails over after failure_threshold tries; later calls go
+    straight to the fallback model: no request reaches the primary while the breaker is open."""
+    call = by_model({"primary"})
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=60)
+    config = cfg(breaker=breaker, fallback_models=["backup"])
+    first = await retry_with_validation(call, PROMPT, None, config)
+    assert [a.model for a in first.attempts] == ["primary", "primary", "backup"]
+    assert "breaker open" in (first.attempts[-1].note or "")
+    seen = call.calls
+    for _ in range(5):
+        r = await retry_with_validation(call, PROMPT, None, config)
+        assert [a.model for a in r.attempts] == ["backup"]
+    assert [q.kwargs.get("model") for q in call.requests[seen:]] == ["backup"] * 5
+    assert (await breaker.state("primary")).state == "open"
+
+
+async def test_open_breaker_without_a_fallback_ends_the_call_clearly():
+    """No fallback left: CircuitOpenError names the model and when it may be tried again."""
+    call = by_model({"primary"})
+    config = cfg(breaker=CircuitBreaker(failure_threshold=2, cooldown=60))
+    with pytest.raises(CircuitOpenError) as info:
+        await retry_with_validation(call, PROMPT, None, config)
+    assert call.calls == 2 and info.value.reason == "circuit_open"
+    assert "primary" in str(info.value) and len(info.value.attempts) == 2
+    with pytest.raises(CircuitOpenError) as again:
+        await retry_with_validation(call, PROMPT, None, config)
+    assert call.calls == 2 and again.value.attempts == []
+
+
+async def test_transport_failures_move_to_the_fallback_without_a_breaker():
+    """``fallback_after_transport_failures=2``: after two 503s in a row, the next model."""
+    call = by_model({"primary", "backup1"})
+    config = cfg(fallback_models=["backup1", "backup2"], fallback_after_transport_failures=2)
+    r = await retry_with_validation(call, PROMPT, None, config)
+    assert [a.model for a in r.attempts] == ["primary", "primary", "backup1", "backup1", "backup2"]
+    assert r.content == "ok"
+
+
+async def test_fallback_on_can_exclude_transport():
+    """``fallback_on=("breaker_open",)``: transport failures stay on the model."""
+    call = by_model({"primary"})
+    config = cfg(fallback_models=["backup"], fallback_after_transport_failures=1,
+                 fallback_on=("breaker_open",))
+    with pytest.raises(Exception, match="all 5 attempts failed"):
+        await retry_with_validation(call, PROMPT, None, config)
+    assert {q.kwargs.get("model") for q in call.requests} == {None}
+
+
+async def test_outage_fallback_reaches_the_fallback_stage():
+    """With a fallback stage on the ladder, an outage move puts the call in it."""
+    call = by_model({"primary"})
+    config = cfg(fallback_models=["backup"], max_attempts_before_fallback=3,
+                 fallback_after_transport_failures=1)
+    r = await retry_with_validation(call, PROMPT, None, config)
+    assert [(a.stage, a.model) for a in r.attempts] == [("normal", "primary"), ("fallback", "backup")]
+    assert r.metrics["stage_reached"] == "fallback"
+
+
+async def test_token_cap_ends_the_call_before_the_attempt_that_would_pass_it():
+    """``max_total_tokens``: the next attempt's estimate would pass the cap: CallCapExceededError."""
+    call = ScriptedCall([reply("bad", tokens=(40, 10))] * 5)
+    with pytest.raises(CallCapExceededError) as info:
+        await retry_with_validation(call, PROMPT, [V.RegexMatch("^ok$")],
+                                    cfg(max_total_tokens=120))
+    assert call.calls == 2 and info.value.reason == "cap_tokens"
+    assert "120" in str(info.value)
+
+
+async def test_the_first_attempt_is_never_refused_by_the_budget():
+    """An empty bucket still lets every call make its first attempt."""
+    budget = RetryBudget(max_tokens=2, token_ratio=0.1)
+    dead = by_model({"primary"})
+    await _run_many(dead, 10, cfg(budget=budget))
+    call = ScriptedCall(["ok"], model="primary")
+    r = await retry_with_validation(call, PROMPT, None, cfg(budget=budget))
+    assert r.content == "ok"
+
+
+async def test_budget_shared_by_concurrent_calls_is_never_overspent():
+    """200 concurrent calls at total outage: retries granted ≤ the bucket's spendable tokens."""
+    budget = RetryBudget()
+    dead = by_model({"primary"})
+    with set_testing(True):
+        out = await asyncio.gather(*[
+            retry_with_validation(dead, PROMPT, None, cfg(budget=budget)) for _ in range(200)
+        ], return_exceptions=True)
+    assert len(out) == 200 and all(isinstance(e, Exception) for e in out)
+    assert dead.calls - 200 <= (budget.max_tokens - budget.threshold) / budget.retry_cost
+
+
