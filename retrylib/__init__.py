@@ -31,6 +31,9 @@ from retrylib.client import acompletion, make_call
 from retrylib.config import FallbackModel, RetryConfig
 from retrylib.declarative import llm_call, llm_call_sync, load_llm_config
 from retrylib.errors import (
+    BudgetExhaustedError,
+    CallCapExceededError,
+    CircuitOpenError,
     ConfigError,
     ExtractionError,
     HumanReviewNeededError,
@@ -43,21 +46,32 @@ from retrylib.errors import (
     RetrylibError,
     ServerDiedError,
     ServerStartError,
+    StateStoreError,
     ValidatorError,
 )
 from retrylib.extract import extract_text
-from retrylib.manager import retry_with_validation, retry_with_validation_sync
 from retrylib.hooks import AttemptDetails, CallInfo, LogHook, MemoryHook, RssHook
+from retrylib.manager import retry_with_validation, retry_with_validation_sync
 from retrylib.result import Attempt, RetryResult
 from retrylib.stages import Constrained, Fallback, Human, Normal, Request, Stage, Tool
 
 if TYPE_CHECKING:
+    from retrylib.batch import BatchRow, run_batch, run_batch_dask, run_batch_sync
+    from retrylib.breaker import CircuitBreaker
+    from retrylib.budget import CallCap, RetryBudget
     from retrylib.cache import disable_cache, init_cache
+    from retrylib.state import MemoryStore, RedisStore
 
 # The cache needs litellm (the [litellm] extra, ~4 s to import): it loads on first use, so
 # that `import retrylib` works on the core install and stays fast. The litellm route of
 # make_call imports litellm on its first call.
-_LAZY = {"disable_cache": "retrylib.cache", "init_cache": "retrylib.cache"}
+_LAZY = {"disable_cache": "retrylib.cache", "init_cache": "retrylib.cache",
+         # The budget, the breaker, their state and batches: loaded on first use too.
+         "RetryBudget": "retrylib.budget", "CallCap": "retrylib.budget",
+         "CircuitBreaker": "retrylib.breaker", "MemoryStore": "retrylib.state",
+         "RedisStore": "retrylib.state", "BatchRow": "retrylib.batch",
+         "run_batch": "retrylib.batch", "run_batch_sync": "retrylib.batch",
+         "run_batch_dask": "retrylib.batch"}
 
 
 def __getattr__(name: str) -> Any:
@@ -79,34 +93,44 @@ __all__ = [
     "Attempt",
     "AttemptDetails",
     "Backoff",
+    "BatchRow",
+    "BudgetExhaustedError",
+    "CallCap",
+    "CallCapExceededError",
     "CallInfo",
-    "Constrained",
-    "Fallback",
-    "Human",
-    "LogHook",
-    "MemoryHook",
-    "Normal",
-    "Request",
-    "RssHook",
-    "Stage",
-    "Tool",
-    "ValidatorError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "Classification",
     "ConfigError",
+    "Constrained",
     "ExtractionError",
+    "Fallback",
     "FallbackModel",
+    "Human",
     "HumanReviewNeededError",
+    "LogHook",
     "MalformedResponseError",
+    "MemoryHook",
+    "MemoryStore",
     "MissingExtraError",
     "NonRetryableError",
+    "Normal",
     "ProxyHTTPError",
+    "RedisStore",
+    "Request",
+    "RetryBudget",
     "RetryConfig",
     "RetryError",
     "RetryExhaustedError",
     "RetryResult",
     "RetrylibError",
+    "RssHook",
     "ServerDiedError",
     "ServerStartError",
+    "Stage",
+    "StateStoreError",
+    "Tool",
+    "ValidatorError",
     "__version__",
     "acompletion",
     "backoff_schedule",
@@ -121,5 +145,8 @@ __all__ = [
     "parse_retry_after",
     "retry_with_validation",
     "retry_with_validation_sync",
+    "run_batch",
+    "run_batch_dask",
+    "run_batch_sync",
     "validators",
 ]

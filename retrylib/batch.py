@@ -247,9 +247,9 @@ async def run_batch(calls: Iterable[Any], *, concurrency: int = 16, progress: bo
 
 def run_batch_sync(calls: Iterable[Any], **kwargs: Any) -> list[BatchRow]:
     """The sync wrapper of :func:`run_batch`, for scripts (works inside Jupyter too)."""
-    from retrylib.manager import run_sync
+    from retrylib.sync import run_sync
 
-    return run_sync(run_batch(calls, **kwargs))  # type: ignore[no-any-return,unused-ignore]
+    return run_sync(run_batch(calls, **kwargs))
 
 
 def batch_summary(rows: Sequence[BatchRow]) -> dict[str, Any]:

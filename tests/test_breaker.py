@@ -53,7 +53,7 @@ async def test_a_whole_cycle_on_a_stepped_clock(store):
     and its success closes the breaker."""
     clock = Clock()
     b = CircuitBreaker(store=store, clock=clock)
-    for i in range(4):
+    for _ in range(4):
         assert (await b.record("openai/x", ok=False)).state == "closed"
     opened = await b.record("openai/x", ok=False)
     assert (opened.state, opened.failures) == ("open", 5)
