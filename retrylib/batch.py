@@ -374,7 +374,9 @@ async def _close_for_this_loop(shared: Mapping[str, Any]) -> None:
     from retrylib.breaker import CircuitBreaker
     from retrylib.budget import RetryBudget
 
-    for value in shared.values():
+    config = shared.get("config")
+    gates = [*shared.values(), getattr(config, "budget", None), getattr(config, "breaker", None)]
+    for value in gates:
         if isinstance(value, RetryBudget | CircuitBreaker):
             await value.aclose()
     pools = getattr(importlib.import_module("retrylib.client"), "_HTTP", None)
