@@ -31,6 +31,9 @@ EXTRA_OF = {
     "dask": "dask",
     "distributed": "dask",
     "tqdm": "workbook",
+    "opentelemetry": "otel",
+    "mcp": "mcp",
+    "json_repair": "repair",
 }
 
 

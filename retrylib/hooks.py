@@ -72,7 +72,12 @@ class CallInfo:
 
 @dataclass(frozen=True, slots=True)
 class AttemptDetails:
-    """A frozen copy of one attempt's record, for hooks (see ``retrylib.result.Attempt``)."""
+    """A frozen copy of one attempt's record, for hooks (see ``retrylib.result.Attempt``).
+
+    Beside the attempt's fields: ``call_id`` (the :class:`CallInfo` it belongs to),
+    ``failures`` (answers of the call that failed validation *before* this attempt) and
+    ``tool_calls`` (how many tool calls ran in it).
+    """
 
     call_id: int
     number: int
