@@ -283,6 +283,8 @@ class _Loop:
         if left is not None:
             req.kwargs["timeout"] = min(req.kwargs.get("timeout") or left, left)
             bound = left if bound is None else min(bound, left)
+        if req.tools is not None:
+            await self.start_tools(req)
         start = time.monotonic() - self.t0
         stamp = time.time()
         try:
@@ -292,7 +294,7 @@ class _Loop:
         except Exception as exc:
             return await self.transport_failure(exc, req, n, start, stamp)
         end = time.monotonic() - self.t0
-        result = await self.check(response, req.messages, n)
+        result = await self.check(response, req.messages, n, req.text)
         text = self.last_text
         fatal = ("deadline" if result is _TIMED_OUT else
                  "validator_error" if self.crash is not None else None)
@@ -363,7 +365,8 @@ class _Loop:
 
             c = self.config
             aw: Any = run_tool_rounds(self.call, req.messages, req.kwargs, req.tools,
-                                      max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout)
+                                      max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout,
+                                      on_request=self.tool_request)
         elif self.sync_call:
             if bound is None:
                 return self.call(messages=req.messages, **req.kwargs)
@@ -385,15 +388,39 @@ class _Loop:
                 what = "attempt_timeout" if left is None or left > 0 else "the deadline"
                 raise TimeoutError(f"the attempt took longer than {bound:.3g}s ({what})") from None
         if req.tools is not None:  # the tool stage's rounds: the final answer, and what ran
-            req.tool_calls = tuple(out.tool_calls)
+            req.tool_calls = tuple(r.to_dict() for r in out.calls)
+            req.text = out.text
+            req.notes.append(f"tool stage: {out.rounds} tool round(s), {len(out.calls)} tool "
+                             f"call(s), {out.requests} request(s), ended {out.ended}")
             return out.response
         return out
 
-    async def check(self, response: Any, msgs: list[dict[str, Any]], n: int) -> ValidationResult:
-        """The verdict on ``response`` (its text is kept in ``last_text``)."""
+    async def start_tools(self, req: Request) -> None:
+        """Start the tool stage's MCP servers (once per call; the call closes them). A server
+        that does not start leaves the attempt without tools, and the note says why."""
+        try:
+            await req.tools.start()
+        except Exception as exc:  # ToolServerError, or a command that is gone
+            logger.warning("tool stage: the MCP servers did not start: {}", exc)
+            req.notes.append(f"tool stage without tools: the MCP servers did not start "
+                             f"({type(exc).__name__}: {str(exc)[:200]})")
+            req.tools = None
+
+    async def tool_request(self, info: dict[str, Any]) -> None:
+        """Each request of the tool rounds beyond the attempt's own draws on the budget (it is
+        counted, not refused: a round in flight is finished)."""
+        extra = info["round"] > 1 if info["kind"] == "tool_round" else info["round"] > 0
+        if self.budget is not None and extra:
+            model, base = self.target()
+            await self.budget.allow(model, api_base=base, kind="tool")
+
+    async def check(self, response: Any, msgs: list[dict[str, Any]], n: int,
+                    text: str | None = None) -> ValidationResult:
+        """The verdict on ``response`` (its text, or ``text`` when given, is kept in ``last_text``)."""
         self.last_response = response
         try:
-            text = extract_text(response)
+            if text is None:
+                text = extract_text(response)
         except ExtractionError as exc:
             self.last_text = None
             return ValidationResult.fail(f"empty response: {exc}",

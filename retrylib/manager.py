@@ -377,13 +377,18 @@ async def _drive(loop: _Loop, review_store: ReviewStore | str | None) -> RetryRe
 
 
 async def _with_tools(loop: _Loop) -> RetryResult:
-    """The loop with the tool stage's MCP servers: started once, when the stage is first
-    reached, and closed when the call ends, however it ends."""
-    from retrylib.tools.lazy import LazyToolSession
+    """The loop with the tool stage's MCP servers (``tool_mode`` ``execute``/``both``): they
+    start when the stage first makes an attempt, once per call, and stop when the call ends,
+    however it ends (a cancel or a timeout included: the close is shielded)."""
+    from retrylib.tools.session import ToolSession
 
-    async with LazyToolSession(loop.config.debug_tool_mcp_config) as session:
-        loop.tool_session = session
+    c = loop.config
+    session = ToolSession(c.debug_tool_mcp_config or {}, timeout=c.tool_timeout)
+    loop.tool_session = session
+    try:
         return await _run(loop)
+    finally:
+        await session.aclose()
 
 
 def _finish(loop: _Loop, outcome: Any) -> dict[str, Any]:

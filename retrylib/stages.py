@@ -47,6 +47,7 @@ class Request:
             execute mode), else ``None``.
         notes: what the stages decided on the way; joined into the attempt's ``note``.
         tool_calls: the tool calls that ran while the attempt was made (the tool stage).
+        text: the answer's text when the tool stage read it (HTML entities un-escaped).
     """
 
     messages: list[dict[str, Any]]
@@ -58,6 +59,7 @@ class Request:
     tools: Any = None
     notes: list[str] = field(default_factory=list)
     tool_calls: tuple[dict[str, Any], ...] = ()
+    text: str | None = None
 
 
 class Stage:
