@@ -135,7 +135,8 @@ class RetryConfig(BaseModel):
             threshold fields switch on (see ``retrylib.stages``).
         hooks: objects told about each call and attempt (see ``retrylib.hooks``).
         retry_on: classifies a transport failure: ``classify`` (the default) or a callable
-            ``(exception) -> Classification | bool`` (a bool overrides ``retryable`` only).
+            ``(exception) -> Classification | bool | None`` (a bool overrides ``retryable``
+            only; ``None`` keeps the default verdict).
         max_total_tokens, max_total_cost: a cap on the call's tokens (in + out) and cost
             across all its attempts: the call ends with ``CallCapExceededError`` when the
             next attempt would pass it (estimated as the mean of the answered attempts:

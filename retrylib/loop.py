@@ -351,6 +351,8 @@ class _Loop:
         if custom is None:
             return classify(exc)
         verdict = custom(exc)
+        if verdict is None:  # no opinion: the default classification
+            return classify(exc)
         if isinstance(verdict, bool):
             base = classify(exc)
             return Classification(verdict, base.reason if verdict == base.retryable else
