@@ -124,6 +124,11 @@ class RetryConfig(BaseModel):
             else no store (nothing is written unless asked for); ``False``: never.
         max_replay_chars: a failed answer longer than this is cut (head and tail kept) when
             it is replayed in a re-ask; the attempt's ``note`` says so. ``None``: no cap.
+        repair_json: before re-asking, try to repair an answer that failed validation with
+            ``json-repair`` (a trailing comma, single quotes, prose around the object, an
+            unclosed list): if the repaired text passes every validator, it is the answer,
+            at zero extra calls, and the attempt's ``note`` says it was repaired (the
+            ``[repair]`` extra). Off by default (see the README's extraction table).
         tool_mode: what the tool stage does with ``debug_tool_mcp_config``: ``inject`` adds
             it to the request as ``mcp_config`` (the original design: a proxy that reads the
             key starts the tools), ``execute`` starts the MCP servers here and runs the
@@ -191,6 +196,7 @@ class RetryConfig(BaseModel):
     max_validator_depth: int = Field(2, ge=0, le=10)
     review_store: str | Literal[False] | None = None
     max_replay_chars: int | None = Field(32_000, ge=100)
+    repair_json: bool = False
     tool_mode: Literal["inject", "execute", "both"] = "inject"
     tool_max_rounds: int = Field(2, ge=0, le=20)
     tool_timeout: float = Field(10.0, gt=0)

@@ -139,6 +139,7 @@ class _Loop:
         self.call_key: str | int | None = None  # with a seed: the backoff's key (retrylib.backoff)
         self.last_result: ValidationResult = ValidationResult.ok()
         self.crash: ValidatorCrash | None = None
+        self.repair_note: str | None = None
         # Answers that failed only soft checks: (soft errors, -attempt number, result, response,
         # text, request); their verdict to the route waits until the call ends.
         self.softly: list[tuple[int, int, ValidationResult, Any, str, Request]] = []
@@ -298,6 +299,9 @@ class _Loop:
         text = self.last_text
         fatal = ("deadline" if result is _TIMED_OUT else
                  "validator_error" if self.crash is not None else None)
+        if self.repair_note:
+            req.notes.append(self.repair_note)
+            self.repair_note = None
         a = Attempt(n, start, end, "ok" if result.valid else "validation_failed",
                     self.ladder.stages[self.stage].name, self.scheduled, self.retry_after,
                     self.slept, text=text, tool_suggested=req.tool_suggested,
@@ -454,6 +458,26 @@ class _Loop:
             self.subresults.extend(ctx.subresults)
         if not r.valid and not r.errors:  # say which check failed, as AllOf does
             r = ValidationResult(False, named_errors(v, r), r.suggestions, r.parsed, r.soft)
+        if not r.valid and self.config.repair_json and self.crash is None:
+            return await self.repaired(text, ctx, r)
+        return r
+
+    async def repaired(self, text: str, ctx: ValidationContext, failed: ValidationResult) -> ValidationResult:
+        """The zero-call repair: ``text`` mended by json-repair, if that passes every validator."""
+        from retrylib._extras import require
+
+        fixed = require("json_repair", "RetryConfig(repair_json=True)").repair_json(text)
+        if not isinstance(fixed, str) or not fixed.strip() or fixed == text:
+            return failed
+        try:
+            r = await run_validator(self.validator, fixed, ctx)
+        except Exception:  # a validator that chokes on the repair: keep the first verdict
+            return failed
+        if not r.valid:
+            return failed
+        self.last_text = fixed
+        self.repair_note = (f"repaired by json-repair ({len(text)} -> {len(fixed)} chars); the "
+                            f"answer as sent failed: {'; '.join(failed.errors)[:200]}")
         return r
 
     def record(self, a: Attempt) -> None:
