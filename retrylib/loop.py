@@ -146,6 +146,9 @@ class _Loop:
         self.info = CallInfo.new(self.call_model, policy.max_attempts) if hooks else None
         # The gates (retrylib.budget, retrylib.breaker) and what they leave in the records.
         self.fallback_idx = self.ladder.index_of("fallback") if self.ladder.has(Fallback) else None
+        stages = self.ladder.stages
+        self.suggests_tool = [any(s.suggests_tool for s in stages[1:i + 1]) for i in range(len(stages))]
+        self.has_verdicts = hasattr(call, "accept") or hasattr(call, "reject")
         self.budget = config.budget
         self.outer = False  # the call is an LLMJudge's: its every attempt is an extra request
         self.cap = (CallCap(config.max_total_tokens, config.max_total_cost)
@@ -517,7 +520,8 @@ class _Loop:
             self.softly.append((len(result.errors), -a.number, result, self.last_response,
                                 self.last_text or "", req))
         else:
-            await self.verdict_to_route("reject", req)
+            if self.has_verdicts:
+                await self.verdict_to_route("reject", req)
         self.last_suggestions = tuple(result.suggestions)
         if self.attempts[-1].finish_reason == "length":  # the answer was cut, not just wrong
             self.last_suggestions = (_CUT_OFF, *self.last_suggestions)
@@ -533,7 +537,7 @@ class _Loop:
         suggestions = self.last_suggestions
         if guidance:  # a reviewer's words come first: they say what the validators could not
             suggestions = (f"A human reviewer's guidance: {guidance}", *suggestions)
-        tool = c.debug_tool_name if any(s.suggests_tool for s in self.ladder.stages[1:self.stage + 1]) else None
+        tool = c.debug_tool_name if self.suggests_tool[self.stage] else None
         feedback = feedback_text(self.last_errors, suggestions,
                                  original_prompt=c.original_user_prompt, tool_name=tool)
         answer, cut_a = cap_text(answer, c.max_replay_chars)

@@ -66,7 +66,8 @@ async def _run(loop: _Loop) -> RetryResult:
         outcome = await loop.attempt()
         n = len(loop.attempts)
         planned = wait(n) if outcome.kind != OK else 0.0
-        state = State(n, loop.failures, loop.stage, loop.model_failures, loop.can_move())
+        state = State(n, loop.failures, loop.stage, loop.model_failures,
+                      loop.policy.outage_after is not None and loop.can_move())
         d = decide(state, outcome, loop.policy, planned=planned, remaining=loop.remaining())
         await loop.apply(d, outcome, planned)
         if d.action == RETURN:

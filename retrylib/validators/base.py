@@ -92,7 +92,7 @@ async def run_validator(v: Any, text: str, context: ValidationContext) -> Valida
             ``ValidatorError``).
     """
     r = v.validate(text, context)
-    if inspect.isawaitable(r):
+    if type(r) is not ValidationResult and inspect.isawaitable(r):
         r = await r
     if type(r) is ValidationResult or isinstance(r, ValidationResult):
         return r
