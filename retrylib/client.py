@@ -10,31 +10,19 @@
 Provider-level retries are off on both routes (``num_retries=0``, ``max_retries=0``): only
 retrylib retries, so the requests a server receives equal the calls retrylib made.
 
-The proxy route under load
---------------------------
-httpcore's pool checks every queued request against every connection, so 1,000 requests
-queued on one pool starve the event loop (measured: 0 of 1,000 reached the server in 90 s).
-So at most :data:`PROXY_POOL_SIZE` requests per event loop are handed to the pool, which has
-exactly that many connections; the others wait in front of it, on a semaphore that is
-cheap to wait on. That wait is not part of the attempt: ``timeout`` starts once a connection
-slot is held, and it bounds the whole request, from connecting to the last byte of the body
-(httpx's own timeouts are per read). A call that waits for a slot is never failed for it;
-only the retry loop's ``deadline`` ends such a wait. ``benchmarks/load.py`` measures it.
-
-Clients live as long as their event loop
-----------------------------------------
-The proxy route's httpx client is made once per event loop, and litellm keeps its own
-clients per loop. When the loop ends through ``asyncio.run`` or ``asyncio.Runner`` (as each
-``retry_with_validation_sync`` call does), retrylib closes both, so no socket outlives its
-loop. A loop that is closed without ``shutdown_asyncgens()`` leaves them to the collector.
+``timeout`` bounds the whole request on both routes: connecting, sending and every byte of
+the reply (the clients' own timeouts are per read, so a body that drips would pass them).
+On the proxy route the wait for a pool slot comes first and is not counted: the proxy
+route's pool, one per event loop, and how every loop's HTTP clients are closed as it ends,
+are in :mod:`retrylib.pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -49,13 +37,10 @@ import httpx
 
 from retrylib._extras import require
 from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError
+from retrylib.pool import closes_with_loop, pool
 
 PROXY_PREFIX = "proxy/"
 PROXY_URL_ENV = "RETRYLIB_PROXY_URL"
-#: Requests in flight at once on the proxy route, per event loop (= its connections). Chosen
-#: by measurement (benchmarks/load.py): 100 keeps throughput at the upstream-free proxy's rate
-#: with 10,000 calls waiting, where httpcore's pool scan stays cheap.
-PROXY_POOL_SIZE = 100
 _LOCAL_KEY = "sk-local-no-key"
 _DEFAULT_TIMEOUT = 600.0
 
@@ -145,10 +130,11 @@ async def acompletion(
     if is_proxy_model(model):
         base = _proxy_base(api_base, model)
         return await _proxy(messages, model[len(PROXY_PREFIX):], base, api_key, timeout, kwargs)
-    _closes_with_loop()
+    closes_with_loop()
     request = litellm_request(messages, model=model, api_base=api_base, api_key=api_key,
                               timeout=timeout, **kwargs)
-    response = await _litellm_call(request)
+    async with _whole_request(request["timeout"]):  # litellm's own timeout is per read
+        response = await _litellm_call(request)
     c = _cache()
     if store and c is not None:
         await c.store(response, request)
@@ -183,128 +169,35 @@ async def _proxy(messages: list[dict[str, Any]], model: str, base: str, api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     for k in ("num_retries", "max_retries", "caching", "cache", "metadata"):
         kwargs.pop(k, None)
-    body = {"model": model, "messages": messages, **kwargs}
+    content = json.dumps({"model": model, "messages": messages, **kwargs}, ensure_ascii=False,
+                         separators=(",", ":"), allow_nan=False).encode()
     limit = timeout or _DEFAULT_TIMEOUT
-    pool = _pool()
-    async with pool.gate:  # the wait for a slot: not part of the attempt, never a failure
-        try:
-            async with asyncio.timeout(limit):  # the whole request, not each read
-                resp = await pool.client.post(base.rstrip("/") + "/chat/completions", json=body,
-                                              headers=headers, timeout=httpx.Timeout(limit, pool=None))
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"the request took longer than its timeout ({limit}s, the "
-                                    f"whole request: connect, send and the reply's body)") from None
-    if resp.status_code >= 400:
-        raise ProxyHTTPError(resp.status_code, dict(resp.headers), resp.text)
+    slots = pool()
+    async with slots.gate, _whole_request(limit):  # the slot wait is not part of the request
+        reply = await slots.post(base.rstrip("/") + "/chat/completions", content, headers, limit)
+    if reply.status >= 400:
+        raise ProxyHTTPError(reply.status, reply.headers, reply.text)
     try:
-        return resp.json()
+        return json.loads(reply.body)
     except ValueError as exc:
-        raise MalformedResponseError(resp.status_code, resp.text) from exc
+        raise MalformedResponseError(reply.status, reply.text) from exc
 
 
-class _Pool:
-    """The proxy route's client of one event loop, and the gate in front of its pool."""
+@contextlib.asynccontextmanager
+async def _whole_request(limit: float) -> AsyncGenerator[None, None]:
+    """Bound the whole request by ``limit`` seconds: connect, send, every byte of the reply.
 
-    __slots__ = ("client", "gate")
-
-    def __init__(self, size: int):
-        self.gate = asyncio.Semaphore(size)
-        self.client = httpx.AsyncClient(limits=httpx.Limits(
-            max_connections=size, max_keepalive_connections=size))
-
-
-_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
-# Per loop: the async generator whose ``finally`` closes the loop's clients when the loop
-# shuts its async generators down (asyncio.run and asyncio.Runner do, as they end).
-_CLOSERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = \
-    weakref.WeakKeyDictionary()
-
-
-def _pool() -> _Pool:
-    """The running loop's pool (built once per loop: building one costs ~60 ms, its SSL
-    context, and a client must not be shared across loops)."""
-    loop = asyncio.get_running_loop()
-    pool = _POOLS.get(loop)
-    if pool is None or pool.client.is_closed:
-        pool = _POOLS[loop] = _Pool(PROXY_POOL_SIZE)
-    _closes_with_loop(loop)
-    return pool
-
-
-def _closes_with_loop(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Make sure the running loop closes retrylib's and litellm's clients as it ends."""
-    loop = loop or asyncio.get_running_loop()
-    if loop in _CLOSERS:
-        return
-    closer = _close_at_shutdown()
-    _CLOSERS[loop] = closer
-    # The first step runs the generator up to its yield, synchronously: asyncio's firstiter
-    # hook registers it with the loop, whose shutdown_asyncgens() will aclose() it.
-    step: Any = closer.asend(None)
-    try:
-        step.send(None)
-    except StopIteration:
-        pass
-
-
-async def _close_at_shutdown() -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        await close_loop_clients()
-
-
-async def close_loop_clients() -> int:
-    """Close the running loop's HTTP clients: the proxy route's, and litellm's own.
-
-    Called as the loop ends (see the module docstring); safe to call at any time, the next
-    request makes new ones.
-
-    Returns:
-        How many clients were closed.
-    """
-    closed = 0
-    loop = asyncio.get_running_loop()
-    pool = _POOLS.pop(loop, None)
-    if pool is not None and not pool.client.is_closed:
-        await pool.client.aclose()
-        closed += 1
-    if "litellm" in sys.modules:
-        closed += await _close_litellm_clients()
-    return closed
-
-
-async def _close_litellm_clients() -> int:
-    """Close the clients litellm built for the running loop and keeps in its client cache.
-
-    litellm keys them by loop and closes them only when they are evicted (600 s later, or
-    never), so each finished ``asyncio.run`` would leave its sockets open. This reads
-    litellm 1.110's cache internals; if they change, nothing is closed (and nothing breaks).
+    Raises:
+        httpx.ReadTimeout: the bound passed (a retryable timeout, as the routes' own are).
     """
     try:
-        import litellm
-        from litellm.caching.evicted_client_closer import running_loop_token
-
-        cache = litellm.in_memory_llm_clients_cache
-        closer = cache.evicted_client_closer
-        suffix = f"-{running_loop_token()}"
-        mine = [k for k in list(cache.cache_dict) if str(k).endswith(suffix)]
-    except Exception:  # another litellm layout: leave its clients to litellm
-        return 0
-    closed = 0
-    for key in mine:
-        client = cache.cache_dict.get(key)
-        cache.cache_dict.pop(key, None)
-        cache.ttl_dict.pop(key, None)
-        owned = getattr(closer, "_is_owned", lambda _c: False)(client)
-        close = getattr(client, "aclose", None) or getattr(client, "close", None)
-        if owned and close is not None:
-            with contextlib.suppress(Exception):  # a client that fails to close: it is gone anyway
-                out = close()
-                if asyncio.iscoroutine(out):
-                    await out
-                closed += 1
-    return closed
+        async with asyncio.timeout(limit) as bound:
+            yield
+    except TimeoutError:
+        if not bound.expired():  # a timeout from inside the route: its own, keep it
+            raise
+        raise httpx.ReadTimeout(f"the request took longer than its timeout ({limit:g}s, the whole "
+                                f"request: connect, send and the reply's body)") from None
 
 
 class ModelCall:
@@ -313,7 +206,14 @@ class ModelCall:
     Keyword arguments given per call override the defaults (the fallback stage overrides
     ``model`` and ``api_base`` this way). ``reject`` evicts a rejected answer from litellm's
     cache; ``retry_with_validation`` calls it.
+
+    ``bounds_attempt`` is ``True``: the call itself holds ``timeout`` over the whole request,
+    body included, on both routes, and on the proxy route the wait for a pool slot comes
+    before it and is not counted. A retry loop need not (and, to keep that wait out, should
+    not) wrap the call in its own ``attempt_timeout``; only its deadline.
     """
+
+    bounds_attempt = True
 
     def __init__(self, model: str, **defaults: Any):
         if not model or not isinstance(model, str):

@@ -15,7 +15,7 @@ import pytest
 
 from retrylib import NonRetryableError, RetryConfig, make_call
 from retrylib import validators as V
-from retrylib.client import close_loop_clients
+from retrylib.pool import close_loop_clients
 from retrylib.sync import retry_with_validation_sync, run_sync
 
 PROMPT = [{"role": "user", "content": "Say OK."}]
