@@ -133,7 +133,6 @@ class _Loop:
         self.call_model = getattr(call, "model", None)
         self.fresh = config.escalation_history == "fresh"
         self.history_from = 0  # with ``fresh``: where the current stage's history starts
-        self.prev_stage = self.stage
         self.sync_call = not is_async(call)
         self.tool_session: Any = None
         self.call_key: str | int | None = None  # with a seed: the backoff's key (retrylib.backoff)
@@ -166,9 +165,6 @@ class _Loop:
     def request(self) -> Request:
         """The next attempt's messages and kwargs, shaped by every stage up to the current one."""
         i = self.stage
-        if self.fresh and i != self.prev_stage and self.ladder.stages[i].fresh_start:
-            self.history_from = len(self.history)  # the stage starts over (see RetryConfig)
-        self.prev_stage = i
         history = self.history[self.history_from:] if self.history_from else self.history
         kw = dict(self.call_kwargs)
         if self.config.attempt_timeout is not None:
@@ -184,7 +180,6 @@ class _Loop:
             self.apply_fallback_model(req.kwargs)
         if self.gate_note:
             req.notes.append(self.gate_note)
-            self.gate_note = None
         if self.replay_note:
             req.notes.append(self.replay_note)
         return req
@@ -266,11 +261,11 @@ class _Loop:
 
     def move_on(self, why: str) -> None:
         """Send the next attempt to the next fallback model (the current one is down)."""
-        before = self.target()[0]
+        before, stage = self.target()[0], self.stage
         self.outage_moves += 1
         self.model_failures = 0
         if self.fallback_idx is not None:
-            self.stage = max(self.stage, self.fallback_idx)
+            self.enter(max(self.stage, self.fallback_idx), stage)
         self.gate_note = f"{why}: moved from {before} to {self.target()[0]}"
 
     async def attempt(self) -> Outcome:
@@ -278,6 +273,7 @@ class _Loop:
         n = len(self.attempts) + 1
         self.reached = max(self.reached, self.stage)
         req = self.last_request = self.request()
+        self.gate_note = None
         self.last_messages = req.messages
         self.constrained_tried = self.constrained_tried or req.constrained
         left = self.remaining()
@@ -497,7 +493,7 @@ class _Loop:
     # -- a decision's effects ------------------------------------------------------------------
     async def apply(self, d: Decision, outcome: Outcome, planned: float) -> None:
         """Carry out what ``d`` means for the state, before the next attempt or the end."""
-        kind = outcome.kind
+        kind, before = outcome.kind, self.stage
         self.scheduled = planned if kind == TRANSPORT or self.config.delay_validation_retries else 0.0
         self.retry_after = outcome.retry_after if kind == TRANSPORT else None
         self.slept = 0.0
@@ -528,8 +524,16 @@ class _Loop:
         if d.reason == "human":
             self.stage = self.reached = d.stage
             return
-        self.stage = d.stage
+        self.stage = d.stage  # (the exchange is written for the next attempt's stage)
         self.history.append(self.exchange(self.last_text or ""))
+        self.enter(d.stage, before)
+
+    def enter(self, stage: int, before: int) -> None:
+        """Move to ladder entry ``stage``; with ``escalation_history="fresh"`` a stage that
+        starts fresh replays none of the earlier stages' failures."""
+        self.stage = stage
+        if self.fresh and stage != before and self.ladder.stages[stage].fresh_start:
+            self.history_from = len(self.history)
 
     def exchange(self, answer: str, guidance: str | None = None) -> Exchange:
         """The replay of the last failed answer: its feedback, written for the current stage."""
@@ -609,7 +613,6 @@ class _Loop:
         self.case_id = state.get("case_id")
         self.stage = self.policy.stage_for(self.failures)
         # The resumed leg goes on in its stage: no "fresh" restart that would drop the guidance.
-        self.prev_stage = self.stage
         self.history.append(self.exchange(self.last_text or "", guidance))
         # The attempts' time axis goes on where it stopped (the review's wait is left out; the
         # wall-clock ``timestamp`` shows it); the deadline, if any, starts afresh.
