@@ -8,6 +8,17 @@ stored, and one that was served from the cache and then failed is evicted. Respo
 rejected answers are also remembered, so a stale copy in a shared cache (another process's
 disk cache) is skipped as well.
 
+A reject evicts only the entry *this call* was served. Many calls share a key (the same
+prompt, sent concurrently), and another call may have accepted and stored its own answer
+under it while this one was waiting for its verdict: that entry is not this call's to
+delete. Each stored entry carries a random ``token``; a served answer carries the token of
+the entry it came from (``_hidden_params["cache_token"]``), and :func:`reject` deletes the
+entry under the key only if its token is still that one. An answer that was not served from
+the cache was never stored (only accepted answers are), so rejecting it deletes nothing.
+With the Redis kind, a store by another process between the read and the delete can still
+lose that entry (two round trips, not one script); the in-memory and disk kinds have no such
+window in one event loop.
+
 Why not litellm's own automatic caching: it stores every answer in a background task
 *after* the call returns, so a rejected answer would land in the cache after we evicted
 it; and its cache-hit path imports litellm's proxy server modules (``orjson``,
@@ -21,6 +32,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -169,7 +181,22 @@ async def lookup(request: dict[str, Any]) -> Any:
     response = litellm.ModelResponse(**data)
     response._hidden_params["cache_hit"] = True
     response._hidden_params["cache_key"] = key
+    response._hidden_params["cache_token"] = _token(stored)
     return response
+
+
+def _token(stored: Any) -> str | None:
+    """The token of a stored entry; an entry written before tokens existed: its response id."""
+    if not isinstance(stored, dict):
+        return None
+    if stored.get("token"):
+        return str(stored["token"])
+    data = stored.get("response")
+    try:
+        data = json.loads(data) if isinstance(data, str) else data
+    except ValueError:
+        return None
+    return f"id:{data.get('id')}" if isinstance(data, dict) and data.get("id") else None
 
 
 async def store(response: Any, request: dict[str, Any]) -> bool:
@@ -179,7 +206,8 @@ async def store(response: Any, request: dict[str, Any]) -> bool:
         return False
     if isinstance(request.get("cache"), dict) and request["cache"].get("no-store"):
         return False
-    payload = {"timestamp": time.time(), "response": response.model_dump_json(exclude_unset=True)}
+    payload = {"timestamp": time.time(), "token": uuid.uuid4().hex,
+               "response": response.model_dump_json(exclude_unset=True)}
     await litellm.cache.cache.async_set_cache(key, payload, ttl=litellm.cache.ttl)  # type: ignore[union-attr]
     return True
 
@@ -187,23 +215,30 @@ async def store(response: Any, request: dict[str, Any]) -> bool:
 async def reject(response: Any, request: dict[str, Any]) -> bool:
     """Make sure ``response`` is never served from the cache again.
 
+    Its id joins the rejected ids (a stale copy elsewhere is skipped by :func:`lookup`), and
+    the entry it was served from is deleted, if the key still holds that entry: an entry
+    that another call stored under the same key meanwhile is left alone.
+
     Returns:
-        Whether a cache entry existed for the request and was deleted.
+        Whether this response's own entry was deleted.
     """
     rid = getattr(response, "id", None)
     if rid:
         REJECTED.add(str(rid))
+    hidden = getattr(response, "_hidden_params", None) or {}
+    mine = hidden.get("cache_token") if hidden.get("cache_hit") else None
     key = cache_key(request)
-    if key is None:
-        return False
+    if key is None or mine is None:
+        return False  # not served from the cache: never stored, nothing of ours to evict
     backend = litellm.cache.cache  # type: ignore[union-attr]
-    existed = await backend.async_get_cache(key) is not None
+    if _token(await backend.async_get_cache(key)) != mine:
+        return False  # gone already, or another call's accepted answer: not ours to delete
     delete = getattr(backend, "async_delete_cache", None)
     if delete is not None:
         await delete(key)
     else:
         backend.delete_cache(key)  # type: ignore[union-attr]
-    return existed
+    return True
 
 
 def was_rejected(response: Any) -> bool:

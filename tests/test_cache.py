@@ -202,3 +202,51 @@ async def test_rejected_answer_from_any_cache_is_refetched(chaos):
     assert len(chaos.journal()) == 2
     await settle()
     assert set(memory_cache_ids().values()) == {"fresh"}  # the stale entry was overwritten
+
+
+# -- a reject evicts only this call's own entry (issue 16, item 10) -------------------------------
+
+async def test_a_reject_leaves_another_calls_accepted_entry(chaos_free):
+    """A's fresh answer is rejected after B accepted and stored its own under the same key:
+    B's entry stays and serves the next call (before: A's reject deleted it)."""
+    init_cache("memory")
+    call = make_call("openai/m", api_base=chaos_free.url, max_tokens=8)
+    chaos_free.set_plan(["reply:bad"], "a")
+    chaos_free.set_plan(["reply:good"], "b")
+    asked_a, asked_b = [dict(m) for m in MESSAGES], [dict(m) for m in MESSAGES]  # two calls' lists
+    a = await call(messages=asked_a, extra_headers={"X-Chaos-Key": "a"})
+    b = await call(messages=asked_b, extra_headers={"X-Chaos-Key": "b"})
+    assert [extract_text(a), extract_text(b)] == ["bad", "good"] and not is_cache_hit(a)
+    assert await call.accept(messages=asked_b) is True
+    assert await call.reject(messages=asked_a) is False  # nothing of A's was stored
+    assert list(memory_cache_ids().values()) == ["good"]
+    again = await call(messages=[dict(m) for m in MESSAGES])
+    assert is_cache_hit(again) and extract_text(again) == "good"
+    assert len(chaos_free.journal()) == 2
+
+
+async def test_200_concurrent_calls_keep_the_accepted_entry():
+    """200 calls at once on one cache and one prompt: 100 get "good" at once and accept it,
+    100 get "bad" 0.3 s later and reject it, then go on to pass. Run again, all 200 are served
+    from the cache: no reject deleted the entry the others accepted."""
+    from retrylib.testing.chaos import ChaosProxy
+
+    init_cache("memory")
+    with ChaosProxy(upstream=None, upstream_free=True, fixed_content="bad") as proxy:
+        for i in range(200):  # even: good at once; odd: "bad" after 0.3 s, then good
+            proxy.set_plan(["reply:good"] if i % 2 == 0 else ["latency:0.3", "reply:good"], f"c{i}")
+        call = make_call("openai/m", api_base=proxy.url, max_tokens=8)
+        cfg = RetryConfig(max_attempts=3, initial_delay=0)
+
+        async def one(i: int, validators: list) -> object:
+            return await retry_with_validation(call, MESSAGES, validators, cfg,
+                                               extra_headers={"X-Chaos-Key": f"c{i}"})
+
+        first = await asyncio.gather(*(one(i, [RegexMatch("^good$")]) for i in range(200)))
+        assert [len(r.attempts) for r in first] == [1 if i % 2 == 0 else 2 for i in range(200)]
+        assert sum(a.outcome == "validation_failed" for r in first for a in r.attempts) == 100
+        sent = len(proxy.journal())
+        await settle()
+        second = await asyncio.gather(*(one(i, [RegexMatch("^good$")]) for i in range(200)))
+        assert all(r.content == "good" and r.attempts[0].cache_hit for r in second)
+        assert len(proxy.journal()) == sent == 300  # the second round sent nothing
