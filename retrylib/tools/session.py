@@ -1,0 +1,348 @@
+"""``ToolSession``: the MCP servers of one call, started once, their tools offered as OpenAI tools.
+
+::
+
+    async with ToolSession(default_debug_tool_config()) as tools:
+        tools.openai_tools()                   # [{"type": "function", "function": {...}}]
+        r = await tools.call("run_python", {"code": "2 + 2"}, timeout=10)
+        r.text, r.is_error                     # ("4\\n", False)
+
+Every server starts in ``__aenter__`` (stdio, or streamable HTTP for a ``url``), is
+initialized and listed; a tool name two servers share is prefixed with its server's name
+(``python_run_python``), other names stay as the server gives them. A call never raises for
+what the model did: an unknown tool, bad arguments, a timeout or a server that died come
+back as a :class:`ToolResult` with ``is_error=True`` and ``error`` saying which.
+
+Closing ends every server and what it started, also on cancellation and timeouts: the SDK
+starts each stdio server in a new session and, on exit, closes its stdin, waits up to 2 s,
+then SIGTERMs and SIGKILLs its whole process group, shielded from cancellation. The
+servers' stderr goes to a log file (``log_path``), never to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from loguru import logger
+
+from retrylib._extras import require
+from retrylib.errors import RetrylibError
+from retrylib.tools.servers import ServerSpec, parse_mcp_config
+
+ErrorKind = Literal["unknown_tool", "bad_arguments", "timeout", "tool_error", "session_error"]
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")  # OpenAI function names: ^[a-zA-Z0-9_-]{1,64}$
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "array": (list, tuple), "object": (dict,)}
+
+
+class ToolServerError(RetrylibError, RuntimeError):
+    """An MCP server did not start or did not answer ``initialize``; quotes its stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What one tool call gave.
+
+    Attributes:
+        name: the tool's name as offered to the model.
+        arguments: the arguments sent.
+        text: the result's text (the error message when ``is_error``).
+        is_error: the tool failed, or the call could not be made.
+        duration: seconds the call took.
+        error: ``None`` on success, else one of ``unknown_tool``, ``bad_arguments``
+            (checked here against the input schema, or refused by the server),
+            ``timeout``, ``tool_error`` (the tool reported an error), ``session_error``
+            (the server died or the connection broke).
+    """
+
+    name: str
+    arguments: dict[str, Any]
+    text: str
+    is_error: bool
+    duration: float
+    error: ErrorKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as offered: its name for the model, where it lives, and its schema."""
+
+    name: str
+    server: str
+    remote_name: str
+    description: str
+    parameters: dict[str, Any]
+
+    def openai(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry (no ``strict``, no ``additionalProperties`` added)."""
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+def minimal_schema(schema: Any) -> dict[str, Any]:
+    """The input schema without pydantic's ``title`` keys, with ``type``/``properties`` set.
+
+    Small models copy whatever a schema shows, and the llama.cpp grammar builder needs an
+    object schema: a tool's parameters are always ``{"type": "object", "properties": ...}``.
+    """
+    def strip(node: Any, in_properties: bool = False) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v, k in ("properties", "$defs", "definitions") and not in_properties)
+                    for k, v in node.items() if in_properties or k != "title"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    out = strip(dict(schema or {})) if isinstance(schema, Mapping) else {}
+    out.setdefault("type", "object")
+    out.setdefault("properties", {})
+    return out
+
+
+def check_arguments(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``arguments`` for a top-level object ``schema``, or ``None``."""
+    props = schema.get("properties") or {}
+    missing = [k for k in schema.get("required") or () if k not in arguments]
+    if missing:
+        return f"missing required argument(s): {', '.join(missing)}"
+    if schema.get("additionalProperties") is False:
+        extra = [k for k in arguments if k not in props]
+        if extra:
+            return f"unknown argument(s): {', '.join(extra)}"
+    for key, value in arguments.items():
+        want = (props.get(key) or {}).get("type")
+        types = _JSON_TYPES.get(want) if isinstance(want, str) else None
+        if types and (not isinstance(value, types) or (want != "boolean" and isinstance(value, bool))):
+            return f"argument {key!r} must be a {want}, got {type(value).__name__}"
+    return None
+
+
+class ToolSession:
+    """The MCP servers of an ``{"mcpServers": ...}`` config, as one async context manager.
+
+    Args:
+        config: the Claude-style config (see :mod:`retrylib.tools.servers`); checked here.
+        errlog: where the servers' stderr goes: a path, or an open text file; ``None``: a
+            temporary log file (``log_path``).
+        startup_timeout: seconds each server may take to start and answer ``initialize``.
+        timeout: the default seconds per tool call.
+
+    Raises:
+        ConfigError: the config is invalid (raised by the constructor, before any process).
+        MissingExtraError: the ``[mcp]`` extra is not installed.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, errlog: str | Path | IO[str] | None = None,
+                 startup_timeout: float = 30.0, timeout: float = 10.0):
+        self.specs: list[ServerSpec] = parse_mcp_config(config)
+        require("mcp", "the tool stage's MCP client")
+        self.startup_timeout = float(startup_timeout)
+        self.timeout = float(timeout)
+        self._errlog_arg = errlog
+        self.log_path: Path | None = None
+        self.tools: dict[str, ToolSpec] = {}
+        self._sessions: dict[str, Any] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.started_in: float | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._stack else "closed"
+        return f"ToolSession({[s.name for s in self.specs]}, tools={list(self.tools)}, {state})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> ToolSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> ToolSession:
+        """Start, initialize and list every server; on any failure, stop those started.
+
+        Raises:
+            ToolServerError: a server exited, or did not answer within ``startup_timeout``.
+        """
+        if self._stack is not None:
+            return self
+        import anyio
+
+        t0 = time.monotonic()
+        stack = contextlib.AsyncExitStack()
+        self._stack = stack
+        try:
+            errlog = self._open_errlog(stack)
+            listed: list[tuple[str, Any]] = []
+            for spec in self.specs:
+                try:
+                    # Only the requests are timed: a transport's task group must not be entered
+                    # inside a cancel scope that ends before it does (anyio refuses that).
+                    session = await self._connect(stack, spec, errlog)
+                    with anyio.fail_after(self.startup_timeout):
+                        await session.initialize()
+                        tools = (await session.list_tools()).tools
+                except Exception as exc:
+                    errlog.flush()
+                    raise ToolServerError(
+                        f"MCP server {spec.name!r} did not start: {_describe(exc)}; "
+                        f"its stderr ({self.log_path or 'not kept'}):\n{self.stderr_tail()}") from exc
+                self._sessions[spec.name] = session
+                listed += [(spec.name, t) for t in tools]
+            self.tools = _name_tools(listed)
+        except BaseException:
+            self._stack = None
+            self.tools, self._sessions = {}, {}
+            await stack.aclose()
+            raise
+        self.started_in = time.monotonic() - t0
+        logger.debug("MCP servers {} up in {:.2f}s, tools {}", list(self._sessions),
+                     self.started_in, list(self.tools))
+        return self
+
+    def _open_errlog(self, stack: contextlib.AsyncExitStack) -> IO[str]:
+        arg = self._errlog_arg
+        if arg is not None and not isinstance(arg, str | Path):
+            return arg
+        path = Path(arg) if arg is not None else Path(tempfile.mkstemp(
+            prefix="retrylib-mcp-", suffix=".log")[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = path
+        return stack.enter_context(path.open("a", encoding="utf-8"))
+
+    async def _connect(self, stack: contextlib.AsyncExitStack, spec: ServerSpec, errlog: IO[str]) -> Any:
+        mcp = require("mcp", "the tool stage's MCP client")
+        if spec.transport == "stdio":
+            assert spec.command is not None
+            params = mcp.StdioServerParameters(command=spec.command, args=list(spec.args),
+                                               env=spec.env or None, cwd=spec.cwd)
+            read, write = await stack.enter_async_context(mcp.stdio_client(params, errlog=errlog))
+        else:
+            from mcp.client.streamable_http import streamable_http_client
+            from mcp.shared._httpx_utils import create_mcp_http_client
+
+            assert spec.url is not None
+            client = await stack.enter_async_context(create_mcp_http_client(headers=spec.headers or None))
+            read, write = await stack.enter_async_context(
+                streamable_http_client(spec.url, http_client=client))
+        return await stack.enter_async_context(mcp.ClientSession(read, write))
+
+    async def aclose(self) -> None:
+        """Stop every server (idempotent). Shielded: a cancel cannot leave a server running."""
+        stack, self._stack = self._stack, None
+        self._sessions = {}
+        if stack is not None:
+            await stack.aclose()
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        """The last lines the servers wrote to stderr (``(no log)`` when not kept in a file)."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty)"
+
+    # -- what the model sees -------------------------------------------------------------
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """Every tool as an OpenAI ``tools`` entry."""
+        return [t.openai() for t in self.tools.values()]
+
+    def describe(self) -> str:
+        """The tools in words, one line each, for a system message."""
+        lines = []
+        for t in self.tools.values():
+            props = t.parameters.get("properties") or {}
+            sig = ", ".join(f"{k}: {(v or {}).get('type', 'any')}" for k, v in props.items())
+            lines.append(f"- {t.name}({sig}): {t.description}".rstrip(": "))
+        return "\n".join(lines)
+
+    # -- calls ---------------------------------------------------------------------------
+    async def call(self, name: str, arguments: Any = None, timeout: float | None = None) -> ToolResult:
+        """Run one tool call; never raises for a bad call (see :class:`ToolResult`).
+
+        Args:
+            name: the tool's name as offered (:meth:`openai_tools`).
+            arguments: a dict (``None``: no arguments).
+            timeout: seconds; ``None``: the session's ``timeout``.
+
+        Raises:
+            RuntimeError: the session is not started (a programmer mistake).
+        """
+        if self._stack is None:
+            raise RuntimeError("ToolSession.call() before start() (use `async with ToolSession(...)`)")
+        t0 = time.monotonic()
+        args = {} if arguments is None else arguments
+
+        def result(text: str, error: ErrorKind | None) -> ToolResult:
+            shown = dict(args) if isinstance(args, Mapping) else {"_raw": args}
+            return ToolResult(name, shown, text, error is not None, time.monotonic() - t0, error)
+
+        tool = self.tools.get(name)
+        if tool is None:
+            return result(f"unknown tool {name!r}; the tools are: {', '.join(self.tools) or 'none'}",
+                          "unknown_tool")
+        if not isinstance(args, Mapping):
+            return result(f"the arguments of {name} must be a JSON object, got "
+                          f"{type(args).__name__}", "bad_arguments")
+        problem = check_arguments(args, tool.parameters)
+        if problem:
+            return result(f"bad arguments for {name}: {problem}", "bad_arguments")
+        limit = self.timeout if timeout is None else float(timeout)
+        try:
+            res = await self._sessions[tool.server].call_tool(tool.remote_name, dict(args),
+                                                              read_timeout_seconds=limit)
+        except Exception as exc:
+            from mcp_types import REQUEST_TIMEOUT
+
+            if getattr(exc, "code", None) == REQUEST_TIMEOUT or isinstance(exc, TimeoutError):
+                return result(f"{name} did not answer within {limit:g} s", "timeout")
+            return result(f"{name} could not be called (server {tool.server!r}): {_describe(exc)}",
+                          "session_error")
+        text = _content_text(res)
+        if res.is_error:
+            kind: ErrorKind = "bad_arguments" if "validation error for" in text else "tool_error"
+            return result(text, kind)
+        return result(text, None)
+
+
+def _name_tools(listed: list[tuple[str, Any]]) -> dict[str, ToolSpec]:
+    """Names for the model: unchanged unless two servers share one (then ``server_name``)."""
+    counts: dict[str, int] = {}
+    for _, t in listed:
+        counts[t.name] = counts.get(t.name, 0) + 1
+    out: dict[str, ToolSpec] = {}
+    for server, t in listed:
+        base = t.name if counts[t.name] == 1 else f"{server}_{t.name}"
+        name = _NAME_OK.sub("_", base)[:64] or "tool"
+        n = 2
+        while name in out:  # sanitizing may make two names equal
+            name = f"{_NAME_OK.sub('_', base)[:60]}_{n}"
+            n += 1
+        out[name] = ToolSpec(name, server, t.name, (t.description or "").strip(),
+                             minimal_schema(t.input_schema))
+    return out
+
+
+def _content_text(res: Any) -> str:
+    parts = []
+    for c in res.content or ():
+        text = getattr(c, "text", None)
+        parts.append(text if isinstance(text, str) else f"[{getattr(c, 'type', 'content')}]")
+    if not parts and res.structured_content is not None:
+        parts.append(json.dumps(res.structured_content, ensure_ascii=False))
+    return "\n".join(parts)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
