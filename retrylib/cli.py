@@ -59,11 +59,19 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from retrylib.declarative import llm_call_sync
-    from retrylib.errors import RetryError
+    from pathlib import Path
 
+    from retrylib.declarative import llm_call_sync
+    from retrylib.errors import ConfigError, RetryError
+
+    # Always a file here (JSON is YAML too): a missing one is said so, not read as YAML text.
+    path = Path(args.config)
+    if not path.exists():
+        raise ConfigError(f"llm_call config file not found: {args.config}: the file does not exist")
+    if not path.is_file():
+        raise ConfigError(f"llm_call config file not found: {args.config} is not a file")
     try:
-        result = llm_call_sync(args.config)
+        result = llm_call_sync(path)
     except RetryError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         if exc.attempts:
@@ -157,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer fixed content without an upstream (benchmarks only)")
     c.set_defaults(func=_chaos)
 
-    k = sub.add_parser("call", help="run llm_call on a declarative YAML config")
-    k.add_argument("config", help="path to the YAML config")
+    k = sub.add_parser("call", help="run llm_call on a declarative YAML (or JSON) config")
+    k.add_argument("config", help="path to the YAML or JSON config file")
     k.set_defaults(func=_call)
 
     _review_parser(sub)
