@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from retrylib._extras import require
@@ -66,12 +66,15 @@ class ChaosProxy(StartStop):
             ``system_fingerprint: "chaos-upstream-free"``.
         fixed_content: the content of upstream-free replies.
         hang_seconds: how long ``hang`` holds a request at most.
+        backlog: the listening socket's backlog (connections waiting to be accepted); raise
+            it for many thousands of clients connecting at once (the kernel caps it at
+            ``net.core.somaxconn``).
     """
 
     def __init__(self, upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "127.0.0.1",
                  port: int = 0, plan: str | Sequence[str] | None = None,
                  upstream_free: bool = False, fixed_content: str = "OK",
-                 hang_seconds: float = 30.0):
+                 hang_seconds: float = 30.0, backlog: int = 128):
         if host not in ("127.0.0.1", "localhost"):
             raise ConfigError(f"the chaos proxy binds to loopback only, not {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -83,7 +86,11 @@ class ChaosProxy(StartStop):
         self.upstream = upstream.rstrip("/") if upstream else None
         self.host, self.port = "127.0.0.1", int(port)
         self.upstream_free = upstream_free or upstream is None
+        if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 65535:
+            raise ConfigError(f"the chaos proxy's backlog must be an integer from 1 to 65535, "
+                              f"got {backlog!r}")
         self.fixed_content, self.hang_seconds = fixed_content, float(hang_seconds)
+        self.backlog = backlog
         self._lock = threading.Lock()
         self._plans: dict[str, deque[Fault]] = {}
         self._journal: list[dict[str, Any]] = []
@@ -121,6 +128,16 @@ class ChaosProxy(StartStop):
         faults = parse_plan(plan)
         with self._lock:
             self._plans[key or ""] = deque(faults)
+
+    def set_plans(self, plans: Mapping[str, str | Sequence[str] | None]) -> None:
+        """Replace the sequences of many keys at once (``{key: plan}``): all or none.
+
+        Raises:
+            ConfigError: a token of any plan is unknown (then no plan is changed).
+        """
+        parsed = {key or "": deque(parse_plan(plan)) for key, plan in plans.items()}
+        with self._lock:
+            self._plans.update(parsed)
 
     def journal(self, key: str | None = None) -> list[dict[str, Any]]:
         """The journaled requests of ``key`` (``None``: every key), in arrival order.
@@ -202,7 +219,7 @@ class ChaosProxy(StartStop):
         await runner.setup()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, backlog=self.backlog)
             await site.start()
             self.port = runner.addresses[0][1]
             self._ready.set()
@@ -275,6 +292,9 @@ class ChaosProxy(StartStop):
                                 content_type="application/json")
         if name == "wrong_shape":
             return web.json_response({"result": "no choices here"})
+        if name == "tool_call":
+            return web.json_response(tool_call_completion(dict(fault.options)["name"],
+                                                          fault.content or "", body))
         return web.json_response(completion(fault.content or "", body))  # reply:<content>
 
     @staticmethod
@@ -370,6 +390,9 @@ class ChaosProxy(StartStop):
         if path == "/_chaos/plan" and method == "POST":
             try:
                 data = await request.json()
+                if isinstance(data.get("plans"), dict):  # many keys in one request
+                    self.set_plans(data["plans"])
+                    return web.json_response({"keys": len(data["plans"])})
                 self.set_plan(data.get("plan"), data.get("key"))
             except (ConfigError, ValueError, AttributeError) as exc:
                 return _error(400, f"chaos proxy: bad plan: {exc}")
@@ -379,6 +402,20 @@ class ChaosProxy(StartStop):
         return _error(404, f"chaos proxy: no control endpoint {method} {path}")
 
 
+def tool_call_completion(name: str, arguments: str, body: Any) -> dict[str, Any]:
+    """A chat.completion calling ``name`` with ``arguments``, shaped as llama.cpp's
+    chatml-function-calling answers: ``content`` None, ``finish_reason`` ``tool_calls``;
+    completion tokens are the arguments' words (so a test can put ``max_tokens`` at them)."""
+    out = completion("", body)
+    out["choices"][0].update(finish_reason="tool_calls", message={
+        "role": "assistant", "content": None, "tool_calls": [{
+            "id": f"call_chaos_{out['id'][-12:]}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}]})
+    words = len(arguments.split())
+    out["usage"].update(completion_tokens=words, total_tokens=out["usage"]["prompt_tokens"] + words)
+    return out
+
+
 def run_forever(upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "127.0.0.1",
                 port: int = 8900, plan: str | Sequence[str] | None = None,
                 upstream_free: bool = False, **kwargs: Any) -> None:
@@ -386,7 +423,8 @@ def run_forever(upstream: str | None = "http://127.0.0.1:8080/v1", host: str = "
 
     Args:
         upstream, host, port, plan, upstream_free: as for :class:`ChaosProxy`.
-        **kwargs: passed on to :class:`ChaosProxy` (``fixed_content``, ``hang_seconds``).
+        **kwargs: passed on to :class:`ChaosProxy` (``fixed_content``, ``hang_seconds``,
+            ``backlog``).
     """
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -443,6 +481,15 @@ class ChaosClient:
         if plan is not None and not isinstance(plan, str):
             plan = [f.token if isinstance(f, Fault) else f for f in plan]
         self._request("POST", "/_chaos/plan", json={"plan": plan, "key": key or ""})
+
+    def set_plans(self, plans: Mapping[str, str | Sequence[str] | None]) -> None:
+        """Replace the sequences of many keys in one request; a bad token is a ``ConfigError``."""
+        def tokens(plan: str | Sequence[str] | None) -> Any:
+            if plan is None or isinstance(plan, str):
+                return plan
+            return [f.token if isinstance(f, Fault) else f for f in plan]
+
+        self._request("POST", "/_chaos/plan", json={"plans": {k: tokens(v) for k, v in plans.items()}})
 
     def journal(self, key: str | None = None) -> list[dict[str, Any]]:
         params = {} if key is None else {"key": key}

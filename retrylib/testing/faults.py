@@ -21,6 +21,11 @@ Fault catalogue (one token per request)::
                            response whose JSON body is cut)
     wrong_shape            200, valid JSON of the wrong shape (no ``choices``)
     reply:<content>        200, a well-formed chat.completion whose content is <content>
+    tool_call:<name>:<arguments>
+                           200, a completion whose message calls tool <name> with the
+                           arguments string <arguments>, verbatim (invalid JSON too), content
+                           ``None`` and ``finish_reason`` ``tool_calls``, as llama.cpp sends
+                           (bare ``tool_call``: tool ``tool``, arguments ``{}``)
 
 Selecting the fault for a request:
 
@@ -60,6 +65,7 @@ FAULTS: dict[str, str] = {
     "truncated": "200 with the first half of a completion's JSON",
     "wrong_shape": "200 with JSON that has no choices",
     "reply": "200 with a completion whose content is the text after 'reply:'",
+    "tool_call": "200 with a completion that calls a tool: 'tool_call:<name>:<arguments>'",
 }
 
 _STATUS_OPTIONS = ("retry-after", "retry-after-date", "retry-after-ms", "x-should-retry")
@@ -113,6 +119,15 @@ def parse_fault(token: str | Fault) -> Fault:
                               "as in 'reply:hello' (an empty completion is the fault 'empty')")
         # The content is verbatim: stripping it would change what tests assert on.
         return Fault(raw, "reply", content=str(token).lstrip().partition(":")[2])
+    if name == "tool_call":
+        if not sep:  # bare: a call of a tool named "tool" with no arguments
+            return Fault(raw, "tool_call", options=(("name", "tool"),), content="{}")
+        tool, colon, arguments = str(token).lstrip().partition(":")[2].partition(":")
+        if not colon or not tool.strip():
+            raise ConfigError(f"chaos fault {raw!r}: tool_call needs a name and arguments, as in "
+                              "'tool_call:run_python:{\"code\": \"1+1\"}'")
+        # The arguments are verbatim: a test of unparseable arguments needs them as written.
+        return Fault(raw, "tool_call", options=(("name", tool.strip()),), content=arguments)
     known = ", ".join(FAULTS)
     if name not in FAULTS:
         raise ConfigError(f"unknown chaos fault {raw!r}; known faults: {known}")

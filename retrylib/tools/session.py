@@ -21,6 +21,7 @@ servers' stderr goes to a log file (``log_path``), never to the terminal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -151,11 +152,12 @@ class ToolSession:
         self.log_path: Path | None = None
         self.tools: dict[str, ToolSpec] = {}
         self._sessions: dict[str, Any] = {}
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self.started_in: float | None = None
 
     def __repr__(self) -> str:
-        state = "open" if self._stack else "closed"
+        state = "open" if self._runner is not None else "closed"
         return f"ToolSession({[s.name for s in self.specs]}, tools={list(self.tools)}, {state})"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -169,44 +171,69 @@ class ToolSession:
     async def start(self) -> ToolSession:
         """Start, initialize and list every server; on any failure, stop those started.
 
+        The servers live in a task of their own, so ``start``, :meth:`call` and
+        :meth:`aclose` may each run in any task (anyio's task groups, which the SDK's
+        transports use, must be left by the task that entered them: a pytest fixture or an
+        ``asyncio.wait_for`` around an attempt would otherwise break the close).
+
         Raises:
             ToolServerError: a server exited, or did not answer within ``startup_timeout``.
         """
-        if self._stack is not None:
+        if self._runner is not None:
             return self
-        import anyio
-
         t0 = time.monotonic()
-        stack = contextlib.AsyncExitStack()
-        self._stack = stack
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closing = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(ready), name="retrylib-mcp-servers")
         try:
-            errlog = self._open_errlog(stack)
-            listed: list[tuple[str, Any]] = []
-            for spec in self.specs:
-                try:
-                    # Only the requests are timed: a transport's task group must not be entered
-                    # inside a cancel scope that ends before it does (anyio refuses that).
-                    session = await self._connect(stack, spec, errlog)
-                    with anyio.fail_after(self.startup_timeout):
-                        await session.initialize()
-                        tools = (await session.list_tools()).tools
-                except Exception as exc:
-                    errlog.flush()
-                    raise ToolServerError(
-                        f"MCP server {spec.name!r} did not start: {_describe(exc)}; "
-                        f"its stderr ({self.log_path or 'not kept'}):\n{self.stderr_tail()}") from exc
-                self._sessions[spec.name] = session
-                listed += [(spec.name, t) for t in tools]
-            self.tools = _name_tools(listed)
+            await asyncio.shield(ready)
         except BaseException:
-            self._stack = None
-            self.tools, self._sessions = {}, {}
-            await stack.aclose()
+            await self.aclose()  # also when start() itself is cancelled
             raise
         self.started_in = time.monotonic() - t0
         logger.debug("MCP servers {} up in {:.2f}s, tools {}", list(self._sessions),
                      self.started_in, list(self.tools))
         return self
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        """Own the servers: open them, report to ``ready``, wait for the close, close them."""
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_all(stack)
+                ready.set_result(None)
+                await self._closing.wait()
+        except BaseException as exc:
+            self.tools, self._sessions = {}, {}
+            if ready.done():
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                ready.cancel()
+            else:
+                ready.set_exception(exc)
+        finally:
+            self.tools, self._sessions = {}, {}
+
+    async def _open_all(self, stack: contextlib.AsyncExitStack) -> None:
+        import anyio
+
+        errlog = self._open_errlog(stack)
+        listed: list[tuple[str, Any]] = []
+        for spec in self.specs:
+            try:
+                # Only the requests are timed: a transport's task group must not be entered
+                # inside a cancel scope that ends before it does (anyio refuses that).
+                session = await self._connect(stack, spec, errlog)
+                with anyio.fail_after(self.startup_timeout):
+                    await session.initialize()
+                    tools = (await session.list_tools()).tools
+            except Exception as exc:
+                errlog.flush()
+                raise ToolServerError(
+                    f"MCP server {spec.name!r} did not start: {_describe(exc)}; "
+                    f"its stderr ({self.log_path or 'not kept'}):\n{self.stderr_tail()}") from exc
+            self._sessions[spec.name] = session
+            listed += [(spec.name, t) for t in tools]
+        self.tools = _name_tools(listed)
 
     def _open_errlog(self, stack: contextlib.AsyncExitStack) -> IO[str]:
         arg = self._errlog_arg
@@ -236,11 +263,25 @@ class ToolSession:
         return await stack.enter_async_context(mcp.ClientSession(read, write))
 
     async def aclose(self) -> None:
-        """Stop every server (idempotent). Shielded: a cancel cannot leave a server running."""
-        stack, self._stack = self._stack, None
-        self._sessions = {}
-        if stack is not None:
-            await stack.aclose()
+        """Stop every server (idempotent). A cancel cannot cut it short: the servers' shutdown
+        (bounded by the SDK: stdin closed, 2 s, SIGTERM, 2 s, SIGKILL of the process group)
+        is waited for, then the cancel goes on."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._closing.set()
+        cancelled = False
+        while not runner.done():
+            try:
+                await asyncio.shield(runner)
+            except asyncio.CancelledError:
+                cancelled = cancelled or not runner.cancelled()
+            except Exception:
+                break
+        if not runner.cancelled() and runner.exception() is not None and runner.done():
+            logger.warning("MCP servers closed with {!r}", runner.exception())
+        if cancelled:
+            raise asyncio.CancelledError
 
     def stderr_tail(self, lines: int = 15) -> str:
         """The last lines the servers wrote to stderr (``(no log)`` when not kept in a file)."""
@@ -275,8 +316,8 @@ class ToolSession:
         Raises:
             RuntimeError: the session is not started (a programmer mistake).
         """
-        if self._stack is None:
-            raise RuntimeError("ToolSession.call() before start() (use `async with ToolSession(...)`)")
+        if self._runner is None or not self._sessions:
+            raise RuntimeError("ToolSession.call() on a session that is not open (use `async with ToolSession(...)`)")
         t0 = time.monotonic()
         args = {} if arguments is None else arguments
 
