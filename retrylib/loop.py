@@ -134,6 +134,7 @@ class _Loop:
         self.fresh = config.escalation_history == "fresh"
         self.history_from = 0  # with ``fresh``: where the current stage's history starts
         self.sync_call = not is_async(call)
+        self.route_bounds = getattr(call, "bounds_attempt", False) is True
         self.tool_session: Any = None
         self.call_key: str | int | None = None  # with a seed: the backoff's key (retrylib.backoff)
         self.last_result: ValidationResult = ValidationResult.ok()
@@ -278,8 +279,11 @@ class _Loop:
         self.constrained_tried = self.constrained_tried or req.constrained
         left = self.remaining()
         bound = self.config.attempt_timeout
-        if bound is not None:  # the route's own timeout fires first; this bounds a dripping body
-            bound = bound * 1.02 + 0.01
+        if bound is not None:
+            if self.route_bounds:  # the route holds ``timeout`` over the whole request itself,
+                bound = None       # and keeps its pool wait out of it (make_call's ModelCall)
+            else:  # the route's own timeout fires first; this bounds a dripping body
+                bound = bound * 1.02 + 0.01
         if left is not None:
             req.kwargs["timeout"] = min(req.kwargs.get("timeout") or left, left)
             bound = left if bound is None else min(bound, left)
