@@ -154,6 +154,7 @@ class ToolSession:
         self._sessions: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._opening = ""
         self.started_in: float | None = None
 
     def __repr__(self) -> str:
@@ -206,10 +207,16 @@ class ToolSession:
             self.tools, self._sessions = {}, {}
             if ready.done():
                 raise
-            if isinstance(exc, asyncio.CancelledError):
+            # The transports' task groups wrap what was raised inside them in groups.
+            leaf = _unwrap(exc)
+            if isinstance(leaf, asyncio.CancelledError) or not isinstance(leaf, Exception):
                 ready.cancel()
-            else:
-                ready.set_exception(exc)
+            elif isinstance(leaf, ToolServerError):
+                ready.set_exception(leaf)
+            else:  # raised by a transport's own task (an HTTP server that refuses, say)
+                err = ToolServerError(f"MCP server {self._opening!r} did not start: {_describe(leaf)}")
+                err.__cause__ = leaf
+                ready.set_exception(err)
         finally:
             self.tools, self._sessions = {}, {}
 
@@ -219,6 +226,7 @@ class ToolSession:
         errlog = self._open_errlog(stack)
         listed: list[tuple[str, Any]] = []
         for spec in self.specs:
+            self._opening = spec.name
             try:
                 # Only the requests are timed: a transport's task group must not be entered
                 # inside a cancel scope that ends before it does (anyio refuses that).
@@ -379,6 +387,15 @@ def _content_text(res: Any) -> str:
     if not parts and res.structured_content is not None:
         parts.append(json.dumps(res.structured_content, ensure_ascii=False))
     return "\n".join(parts)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one meaningful exception inside (nested) exception groups: a ToolServerError if
+    there is one, else the first leaf."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        ours = [e for e in exc.exceptions if isinstance(_unwrap(e), ToolServerError)]
+        exc = ours[0] if ours else exc.exceptions[0]
+    return exc
 
 
 def _describe(exc: BaseException) -> str:
