@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -339,6 +340,20 @@ def tool_model(request):
         yield srv
 
 
+def test_tools_server_config_keeps_the_plain_alias_as_it_was(tmp_path):
+    """tools=True serves the model as before plus <alias>-tools under chatml-function-calling;
+    extra_args go into the config file (server keys at the top); odd ones are a ConfigError."""
+    srv = LocalModelServer("gemma3", tools=True, port=5555, extra_args=("--interrupt_requests", "False"))
+    config = srv.tools_config(tmp_path / "m.gguf")
+    plain, tools = config["models"]  # type: ignore[misc]
+    assert (plain["model_alias"], plain["chat_format"]) == ("gemma3", "gemma")
+    assert (tools["model_alias"], tools["chat_format"]) == ("gemma3-tools", "chatml-function-calling")
+    assert config["interrupt_requests"] == "False" and config["port"] == 5555
+    assert srv.tools_model == "gemma3-tools" and LocalModelServer("smollm2").tools_model is None
+    with pytest.raises(ConfigError, match="--name value pairs"):
+        LocalModelServer("smollm2", tools=True, extra_args=("--verbose",))
+
+
 async def test_real_model_calls_run_python_and_the_result_reaches_the_next_request(tool_model):
     """The model, offered run_python (first round forced), makes a real MCP tool call; the
     result is in the next request on the wire; the MCP server is gone afterwards."""
@@ -363,3 +378,6 @@ async def test_real_model_calls_run_python_and_the_result_reaches_the_next_reque
     assert results.startswith("Tool results:") and rec.text.strip()[:80] in results
     assert "tools" not in journal[1]["body"]
     assert isinstance(r.text, str)
+    async with httpx.AsyncClient() as client:
+        served = (await client.get(f"{tool_model.api_base}/models", timeout=10)).json()["data"]
+    assert {m["id"] for m in served} == {tool_model.model, tool_model.tools_model}
