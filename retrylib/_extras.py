@@ -27,6 +27,8 @@ EXTRA_OF = {
     "papermill": "workbook",
     "psutil": "workbook",
     "PIL": "images",
+    "mcp": "mcp",
+    "mcp_types": "mcp",
     "redis": "redis",
     "dask": "dask",
     "distributed": "dask",
