@@ -4,6 +4,7 @@
 
     retrylib serve [--model smollm2|gemma3|PATH] [--port N] [--check]
     retrylib chaos [--upstream URL] [--port N] [--plan "503,503,pass"] [--upstream-free]
+                   [--backlog N]
     retrylib call CONFIG.yaml            # llm_call on a declarative config; prints the attempts
     retrylib review list|show ID|resolve ID --answer FILE|approve ID|reject ID --reason TEXT
                     |retry ID --guidance TEXT [--store PATH] [--by NAME]   # the review queue
@@ -54,7 +55,8 @@ def _chaos(args: argparse.Namespace) -> int:
     if not args.upstream and not args.upstream_free:
         raise ConfigError("give --upstream URL (e.g. the model server's …/v1) or --upstream-free")
     run_forever(upstream=None if args.upstream_free else args.upstream, host=args.host,
-                port=args.port, plan=args.plan, upstream_free=args.upstream_free)
+                port=args.port, plan=args.plan, upstream_free=args.upstream_free,
+                backlog=args.backlog)
     return 0
 
 
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plan", default=None, help='a fault sequence, e.g. "503,503,pass"')
     c.add_argument("--upstream-free", action="store_true",
                    help="answer fixed content without an upstream (benchmarks only)")
+    c.add_argument("--backlog", type=int, default=128,
+                   help="the listening socket's backlog (raise it for thousands of clients)")
     c.set_defaults(func=_chaos)
 
     k = sub.add_parser("call", help="run llm_call on a declarative YAML (or JSON) config")

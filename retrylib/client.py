@@ -37,7 +37,7 @@ import httpx
 
 from retrylib._extras import require
 from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError
-from retrylib.pool import closes_with_loop, pool
+from retrylib.pool import litellm_gate, pool
 
 PROXY_PREFIX = "proxy/"
 PROXY_URL_ENV = "RETRYLIB_PROXY_URL"
@@ -130,10 +130,10 @@ async def acompletion(
     if is_proxy_model(model):
         base = _proxy_base(api_base, model)
         return await _proxy(messages, model[len(PROXY_PREFIX):], base, api_key, timeout, kwargs)
-    closes_with_loop()
     request = litellm_request(messages, model=model, api_base=api_base, api_key=api_key,
                               timeout=timeout, **kwargs)
-    async with _whole_request(request["timeout"]):  # litellm's own timeout is per read
+    # The wait at the gate is not part of the request; litellm's own timeout is per read.
+    async with litellm_gate(), _whole_request(request["timeout"]):
         response = await _litellm_call(request)
     c = _cache()
     if store and c is not None:

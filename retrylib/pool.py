@@ -11,6 +11,10 @@ that is cheap to wait on. That wait is not part of the attempt: the route's ``ti
 starts once a slot is held (:mod:`retrylib.client`). A call that waits for a slot is never
 failed for it; only the retry loop's ``deadline`` ends such a wait.
 
+The litellm route has a gate of its own (:data:`LITELLM_CONCURRENCY`), for memory: every call
+inside litellm holds its request, logging and response objects, while one that waits at
+the gate holds only its frames.
+
 Clients live as long as their event loop
 ----------------------------------------
 The proxy route's httpx client is made once per event loop, and litellm keeps its own
@@ -36,14 +40,41 @@ import httpx
 
 from retrylib.errors import ConfigError
 
-__all__ = ["POOL_SIZE_ENV", "PROXY_POOL_SIZE", "TRANSPORTS", "TRANSPORT_ENV", "AiohttpPool", "Pool",
-           "Reply", "close_loop_clients", "closes_with_loop", "pool", "pool_size", "transport"]
+__all__ = [
+    "LITELLM_CONCURRENCY",
+    "LITELLM_CONCURRENCY_ENV",
+    "POOL_SIZE_ENV",
+    "PROXY_POOL_SIZE",
+    "TRANSPORTS",
+    "TRANSPORT_ENV",
+    "AiohttpPool",
+    "Pool",
+    "Reply",
+    "close_loop_clients",
+    "closes_with_loop",
+    "litellm_concurrency",
+    "litellm_gate",
+    "pool",
+    "pool_size",
+    "transport",
+]
 
 #: Requests in flight at once on the proxy route, per event loop (= its connections), unless
 #: ``$RETRYLIB_PROXY_POOL_SIZE`` says otherwise when the loop's pool is made. Chosen by
-#: measurement (benchmarks/load.py, benchmarks/results/load.json).
+#: measurement (benchmarks/results/load.json, ``pool_sweep``): httpcore's cost per request
+#: grows with the pool, so 100 serves a fast server best (5,000 calls at once: ~300 calls/s
+#: at 100, ~150-210 at 500). A slow upstream (a real model, seconds per answer) is bound by
+#: latency instead: raise it there, as many as the server can take at once.
 PROXY_POOL_SIZE = 100
 POOL_SIZE_ENV = "RETRYLIB_PROXY_POOL_SIZE"
+#: Calls inside litellm at once on the litellm route, per event loop, unless
+#: ``$RETRYLIB_LITELLM_CONCURRENCY`` says otherwise. litellm holds ~56 KB per call in flight
+#: and its own pool admits 500 requests per host anyway; the rest wait at this gate, where
+#: a call holds only its own frames: 3,000 calls at once, 56 KB per call without the gate,
+#: 21 KB at 500, 8 KB at 100, at the same throughput (benchmarks/results/load.json). Like
+#: the proxy route's, the wait at the gate is not part of the request's timeout.
+LITELLM_CONCURRENCY = 500
+LITELLM_CONCURRENCY_ENV = "RETRYLIB_LITELLM_CONCURRENCY"
 
 
 #: The proxy route's HTTP client: ``httpx`` (the default, core install) or ``aiohttp``
@@ -155,16 +186,44 @@ def pool_size() -> int:
     Raises:
         ConfigError: the variable is not a whole number from 1 to 10,000.
     """
-    raw = os.environ.get(POOL_SIZE_ENV)
+    return _size(POOL_SIZE_ENV, PROXY_POOL_SIZE)
+
+
+def litellm_concurrency() -> int:
+    """The litellm route's gate size for a new loop: ``$RETRYLIB_LITELLM_CONCURRENCY`` or
+    :data:`LITELLM_CONCURRENCY`.
+
+    Raises:
+        ConfigError: the variable is not a whole number from 1 to 10,000.
+    """
+    return _size(LITELLM_CONCURRENCY_ENV, LITELLM_CONCURRENCY)
+
+
+def _size(env: str, default: int) -> int:
+    raw = os.environ.get(env)
     if raw is None:
-        return PROXY_POOL_SIZE
+        return default
     try:
         size = int(raw)
     except ValueError:
         size = 0
     if not 1 <= size <= 10_000:
-        raise ConfigError(f"${POOL_SIZE_ENV} must be a whole number from 1 to 10000, got {raw!r}")
+        raise ConfigError(f"${env} must be a whole number from 1 to 10000, got {raw!r}")
     return size
+
+
+_LITELLM_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+    weakref.WeakKeyDictionary()
+
+
+def litellm_gate() -> asyncio.Semaphore:
+    """The running loop's gate in front of litellm (the litellm route holds it per request)."""
+    loop = asyncio.get_running_loop()
+    gate = _LITELLM_GATES.get(loop)
+    if gate is None:
+        gate = _LITELLM_GATES[loop] = asyncio.Semaphore(litellm_concurrency())
+    closes_with_loop(loop)
+    return gate
 
 
 def transport() -> str:
