@@ -103,6 +103,24 @@ def test_minimal_schema_drops_titles_but_not_a_property_named_title():
     assert minimal_schema(None) == {"type": "object", "properties": {}}
 
 
+def test_offered_parameters_are_grammar_safe_and_name_what_was_left_out():
+    """A parameter schema llama.cpp's grammar builder would crash on (maxLength over 1000:
+    measured, SIGSEGV) is offered without that bound, and the spec names it; names that are
+    not valid OpenAI function names are made valid."""
+    from mcp_types import Tool
+
+    from retrylib.tools.session import _name_tools
+
+    big = Tool(name="write.file", description=" Write a file. ", input_schema={
+        "type": "object", "required": ["text"],
+        "properties": {"text": {"type": "string", "maxLength": 5000, "title": "Text"}}})
+    (spec,) = _name_tools([("fs", big)]).values()
+    assert (spec.name, spec.remote_name, spec.description) == ("write_file", "write.file", "Write a file.")
+    assert spec.parameters == {"type": "object", "required": ["text"],
+                               "properties": {"text": {"type": "string"}}}
+    assert spec.dropped == ("/properties/text: maxLength 5000 (over 1000 above minLength)",)
+
+
 def test_check_arguments_names_what_is_wrong():
     """Missing required arguments, unknown ones (when forbidden) and wrong JSON types."""
     schema = {"type": "object", "required": ["code"], "additionalProperties": False,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -35,6 +36,7 @@ from typing import IO, Any, Literal
 from loguru import logger
 
 from retrylib._extras import require
+from retrylib.constrained import grammar_safe_schema
 from retrylib.errors import RetrylibError
 from retrylib.tools.servers import ServerSpec, parse_mcp_config
 
@@ -75,13 +77,15 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A tool as offered: its name for the model, where it lives, and its schema."""
+    """A tool as offered: its name for the model, where it lives, and its schema (with
+    ``dropped`` naming the constraints left out because llama.cpp's grammar cannot hold them)."""
 
     name: str
     server: str
     remote_name: str
     description: str
     parameters: dict[str, Any]
+    dropped: tuple[str, ...] = ()
 
     def openai(self) -> dict[str, Any]:
         """The OpenAI ``tools`` entry (no ``strict``, no ``additionalProperties`` added)."""
@@ -247,8 +251,11 @@ class ToolSession:
         arg = self._errlog_arg
         if arg is not None and not isinstance(arg, str | Path):
             return arg
-        path = Path(arg) if arg is not None else Path(tempfile.mkstemp(
-            prefix="retrylib-mcp-", suffix=".log")[1])
+        if arg is None:
+            fd, name = tempfile.mkstemp(prefix="retrylib-mcp-", suffix=".log")
+            os.close(fd)
+            arg = name
+        path = Path(arg)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = path
         return stack.enter_context(path.open("a", encoding="utf-8"))
@@ -286,7 +293,7 @@ class ToolSession:
                 cancelled = cancelled or not runner.cancelled()
             except Exception:
                 break
-        if not runner.cancelled() and runner.exception() is not None and runner.done():
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
             logger.warning("MCP servers closed with {!r}", runner.exception())
         if cancelled:
             raise asyncio.CancelledError
@@ -374,8 +381,12 @@ def _name_tools(listed: list[tuple[str, Any]]) -> dict[str, ToolSpec]:
         while name in out:  # sanitizing may make two names equal
             name = f"{_NAME_OK.sub('_', base)[:60]}_{n}"
             n += 1
-        out[name] = ToolSpec(name, server, t.name, (t.description or "").strip(),
-                             minimal_schema(t.input_schema))
+        # The parameters become a llama.cpp grammar (a forced call, chatml-function-calling):
+        # what would crash its builder (a maxLength over 1000, say: measured, SIGSEGV) is
+        # left out of what the model sees; the server still checks the arguments.
+        params, dropped = grammar_safe_schema(minimal_schema(t.input_schema))
+        out[name] = ToolSpec(name, server, t.name, (t.description or "").strip(), params,
+                             tuple(dropped))
     return out
 
 
