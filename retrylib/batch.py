@@ -158,17 +158,44 @@ def _own(calls: Iterable[Any]) -> list[Item]:
 def prepare(calls: Iterable[Any], shared: Mapping[str, Any]) -> list[Item]:
     """Each item as ``(index, retry_with_validation kwargs)``, checked before any call.
 
+    ``budget=`` and ``breaker=`` (shared or an item's own) are not call kwargs: they go into
+    the item's ``RetryConfig`` (``config.budget`` / ``config.breaker``; given here, they win
+    over the config's own). Items that share a config and gates share one config object.
+
     Raises:
-        ConfigError: an item that is neither a dict nor a list of messages, or a call with no
-            ``call`` or no ``messages`` (named by its index).
+        ConfigError: an item that is neither a dict nor a list of messages, a call with no
+            ``call`` or no ``messages`` (named by its index), or a bad ``config``.
     """
-    items = [(i, {**shared, **own}) for i, own in _own(calls)]
+    return merge(_own(calls), shared)
+
+
+def merge(own: Sequence[Item], shared: Mapping[str, Any]) -> list[Item]:
+    """Each ``(index, own kwargs)`` with the shared kwargs under it, checked (see :func:`prepare`)."""
+    items = [(i, {**shared, **kw}) for i, kw in own]
+    configs: dict[tuple[int, int, int], Any] = {}
     for i, kw in items:
         missing = [k for k in ("call", "messages") if kw.get(k) is None]
         if missing:
             raise ConfigError(f"calls[{i}] has no {' and no '.join(missing)} (give it in the item "
                               f"or as a shared keyword of run_batch)")
+        if "budget" in kw or "breaker" in kw:
+            kw["config"] = _gated(kw, configs)
     return items
+
+
+def _gated(kw: dict[str, Any], seen: dict[tuple[int, int, int], Any]) -> Any:
+    """The item's config with the ``budget=`` / ``breaker=`` it was given (popped from ``kw``),
+    built once per (config, budget, breaker) so that a batch's calls share one config."""
+    from retrylib.config import RetryConfig
+
+    config, budget, breaker = kw.get("config"), kw.pop("budget", None), kw.pop("breaker", None)
+    key = (id(config), id(budget), id(breaker))
+    if key not in seen:
+        base = (config if isinstance(config, RetryConfig) else RetryConfig() if config is None
+                else RetryConfig.model_validate(config))
+        changes = {k: v for k, v in (("budget", budget), ("breaker", breaker)) if v is not None}
+        seen[key] = (base.replace(**changes) if changes else base, config, budget, breaker)
+    return seen[key][0]
 
 
 def _bar(progress: bool, total: int, desc: str) -> Any:
@@ -362,7 +389,7 @@ def _run_chunk(chunk: list[Item], shared: dict[str, Any], concurrency: int) -> l
     """One Dask task: a chunk of calls in a fresh event loop (runs on the worker)."""
     async def go() -> list[BatchRow]:
         try:
-            return await run_items([(i, {**shared, **kw}) for i, kw in chunk], concurrency)
+            return await run_items(merge(chunk, shared), concurrency)
         finally:
             await _close_for_this_loop(shared)
 
@@ -379,11 +406,10 @@ async def _close_for_this_loop(shared: Mapping[str, Any]) -> None:
     for value in gates:
         if isinstance(value, RetryBudget | CircuitBreaker):
             await value.aclose()
-    pools = getattr(importlib.import_module("retrylib.client"), "_HTTP", None)
-    http = pools.pop(asyncio.get_running_loop(), None) if pools is not None else None
-    if http is not None:
-        await http.aclose()
+    from retrylib.pool import close_loop_clients
+
+    await close_loop_clients()
 
 
-__all__ = ["BatchRow", "batch_summary", "prepare", "rows_frame", "run_batch", "run_batch_dask",
-           "run_batch_sync", "run_items"]
+__all__ = ["BatchRow", "batch_summary", "merge", "prepare", "rows_frame", "run_batch",
+           "run_batch_dask", "run_batch_sync", "run_items"]
