@@ -135,6 +135,11 @@ class RetryConfig(BaseModel):
             model's tool calls, ``both`` does both. Default ``inject``: the original design's
             behaviour, and no process is started unless asked for.
         tool_max_rounds: in ``execute`` mode, tool rounds per attempt (then a final answer).
+        tool_choice: in ``execute`` mode, ``force``: the first tool round forces a call of
+            ``debug_tool_name`` (of the first tool offered when no tool has that name), later
+            rounds are ``auto``; ``auto``: the model chooses in every round. Measured on
+            SmolLM2/Gemma under llama.cpp: in ``auto`` a small model often rambles instead
+            of calling, so ``force`` is the default.
         tool_timeout: in ``execute`` mode, seconds per tool call.
         stages: extra ladder entries ``(failures, Stage)`` beside the built-in ones that the
             threshold fields switch on (see ``retrylib.stages``).
@@ -199,6 +204,7 @@ class RetryConfig(BaseModel):
     repair_json: bool = False
     tool_mode: Literal["inject", "execute", "both"] = "inject"
     tool_max_rounds: int = Field(2, ge=0, le=20)
+    tool_choice: Literal["force", "auto"] = "force"
     tool_timeout: float = Field(10.0, gt=0)
 
     max_total_tokens: int | None = Field(None, gt=0)

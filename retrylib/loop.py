@@ -373,9 +373,12 @@ class _Loop:
             from retrylib.tools.rounds import run_tool_rounds
 
             c = self.config
+            force: str | bool | None = None
+            if c.tool_choice == "force":
+                force = c.debug_tool_name if c.debug_tool_name in req.tools.tools else True
             aw: Any = run_tool_rounds(self.call, req.messages, req.kwargs, req.tools,
                                       max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout,
-                                      on_request=self.tool_request)
+                                      on_request=self.tool_request, force_tool=force)
         elif self.sync_call:
             if bound is None:
                 return self.call(messages=req.messages, **req.kwargs)

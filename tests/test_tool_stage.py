@@ -51,7 +51,9 @@ async def test_the_tool_stage_runs_run_python_and_feeds_the_result_back():
     assert tc["name"] == "run_python" and tc["is_error"] is False and "42" in tc["text"]
     assert r.metrics["tool_calls"] == 1 and r.metrics["api_calls"] == 2
     offered = call.requests[1].kwargs
-    assert offered["tool_choice"] == "auto" and offered["tools"][0]["function"]["name"] == "run_python"
+    # the first tool round forces the debug tool (tool_choice="force", the default)
+    assert offered["tool_choice"] == {"type": "function", "function": {"name": "run_python"}}
+    assert offered["tools"][0]["function"]["name"] == "run_python"
     assert "mcp_config" not in offered  # execute mode: nothing for a proxy to read
     sent = call.requests[2].messages
     results = [m for m in sent if m["role"] == "user" and "run_python" in m["content"]]
@@ -116,3 +118,12 @@ async def test_both_mode_injects_and_executes():
                                     tool_config(tool_mode="both"))
     assert r.attempts[1].mcp_config_sent and r.attempts[1].tool_calls
     assert "mcp_config" in call.requests[1].kwargs
+
+
+async def test_auto_tool_choice_lets_the_model_choose():
+    """``tool_choice="auto"``: no forced call; a plain answer in the round is the answer."""
+    call = ScriptedCall(["41", "42"])
+    r = await retry_with_validation(call, PROMPT, [V.RegexMatch(r"^42$")],
+                                    tool_config(tool_choice="auto"))
+    assert call.requests[1].kwargs["tool_choice"] == "auto" and r.content == "42"
+    assert r.attempts[1].tool_calls == ()
