@@ -281,14 +281,16 @@ def amplification_cell(proxy: Any, workers: Workers, redis_url: str, rate: float
 
 
 def amplification(proxy: Any, workers: Workers, redis_url: str, sizes: Sizes, seed: int,
-                  rates: tuple[float, ...] = RATES, progress: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
-    """Every cell: each rate × process count × budget arm (:meth:`Sizes.arms`). Each row
-    notes ``changed``: calls whose outcome differs from the same calls' without a budget."""
+                  rates: tuple[float, ...] = RATES, progress: Callable[[str], None] | None = print,
+                  arms: Callable[[float], list[Arm]] | None = None) -> list[dict[str, Any]]:
+    """Every cell: each rate × process count × budget arm (``arms(rate)``, default
+    :meth:`Sizes.arms`; ``None`` must come first). Each row notes ``changed``: calls whose
+    outcome differs from the same calls' without a budget."""
     rows = []
     for processes in sizes.processes:
         for rate in rates:
             base: list[str] | None = None
-            for arm in sizes.arms(rate):
+            for arm in (arms or sizes.arms)(rate):
                 row = amplification_cell(proxy, workers, redis_url, rate, arm, processes, sizes, seed)
                 outcomes = row.pop("_outcomes")
                 base = outcomes if arm is None else base
@@ -456,8 +458,8 @@ async def breaker_run(proxy: Any, sizes: Sizes, seed: int, margin: float = 0.1) 
 
     Returns:
         ``states`` (the primary's breaker: ``(seconds, state)`` after each of its decisions),
-        ``calls`` (one dict per call), ``primary`` (arrival seconds of the primary's requests,
-        from the journal), ``phases`` and ``evidence`` (:func:`breaker_evidence`).
+        ``calls`` (one dict per call), ``primary`` and ``backup`` (arrival seconds of each
+        model's requests, from the journal), ``phases`` and ``evidence`` (:func:`breaker_evidence`).
     """
     from retrylib import FallbackModel, RetryConfig, RetryError, make_call, retry_with_validation
     from retrylib.breaker import CircuitBreaker
@@ -504,12 +506,12 @@ async def breaker_run(proxy: Any, sizes: Sizes, seed: int, margin: float = 0.1) 
            if key == "proxy/primary"]
     states = [(t, s) for t, _, _, s in log]
     primary = [round(e["monotonic"] - t0, 4) for e in proxy.journal(pkey)]
-    backup = len(proxy.journal(bkey))
+    backup = [round(e["monotonic"] - t0, 4) for e in proxy.journal(bkey)]
     proxy.clear(pkey)
     proxy.clear(bkey)
     phases = {"down": up, "back": up + down, "end": up + down + back, "cooldown": cd}
     allowed = sum(op == "allow" and ok for _, op, ok, _ in log)
-    return {"states": _changes(states), "calls": calls, "primary": primary, "backup_requests": backup,
+    return {"states": _changes(states), "calls": calls, "primary": primary, "backup": backup,
             "phases": phases, "evidence": breaker_evidence(states, calls, primary, phases, margin, allowed)}
 
 

@@ -227,8 +227,8 @@ def test_only_selects_by_number_and_refuses_unknown():
     """`only` picks notebooks by number in run order; an unknown number lists the valid ones."""
     assert [s.stem for s in select_notebooks(["05", "1"])] == ["01_core_retry", "05_final_summary"]
     assert select_notebooks(None)[-1].stem == "05_final_summary"
-    with pytest.raises(ConfigError, match=r"08.*valid: 01, 02, 03, 04, 05, 06, 07"):
-        select_notebooks(["01", "08"])
+    with pytest.raises(ConfigError, match=r"09.*valid: 01, 02, 03, 04, 05, 06, 07, 08"):
+        select_notebooks(["01", "09"])
 
 
 def test_check_params_accepts_good_values():

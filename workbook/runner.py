@@ -66,6 +66,7 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("04", "04_edge_cases", "edge_cases", "task_001_task_4_edge_cases"),
     NotebookSpec("06", "06_strategy_benchmark", "strategy_benchmark", "task_001_strategy_benchmark"),
     NotebookSpec("07", "07_human_review", "human_review", "task_013_human_review"),
+    NotebookSpec("08", "08_budget_breaker", "budget_breaker", "task_012_budget_breaker"),
     NotebookSpec("05", "05_final_summary", "final_summary", "task_001_final_summary"),
 )
 
