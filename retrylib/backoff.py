@@ -67,6 +67,7 @@ class Backoff:
     """
 
     __slots__ = ("_config", "_key", "_n", "_prev", "_rng")
+    _rng: random.Random | None
 
     def __init__(self, config: RetryConfig, *, key: str | int | None = None):
         self._config = config
@@ -77,7 +78,7 @@ class Backoff:
             self._rng = _UNSEEDED
         else:
             self._key = next(_KEYS) if key is None else key
-            self._rng = random.Random(_seed_material(config.seed, self._key))
+            self._rng = None  # seeded on the first draw: most calls never retry
         self._n = 0
         self._prev = config.initial_delay
 
@@ -90,6 +91,8 @@ class Backoff:
         return self
 
     def __next__(self) -> float:
+        if self._rng is None:
+            self._rng = random.Random(_seed_material(self._config.seed, self._key))  # type: ignore[arg-type]
         self._n += 1
         c = self._config
         d = base_delay(c, self._n)
