@@ -81,10 +81,10 @@ class Sizes:
     max_attempts: int = 5
     concurrency: int = 50  # lanes per worker process
     throughput_calls: int = 1000
-    throughput_rounds: int = 4
+    throughput_rounds: int = 3
     memory_calls: int = 1000
     memory_repeats: int = 2
-    hold: float = 3.0  # seconds the latency fault holds each call of the memory run
+    hold: float = 2.0  # seconds the latency fault holds each call of the memory run
     cooldown: float = 2.0
     failure_threshold: int = 3
     breaker_lanes: int = 4
@@ -232,6 +232,7 @@ def share(url: str, keys: list[str], budget: dict[str, Any] | None, max_attempts
         if gate is not None:
             await gate.aclose()
         return {"outcomes": [r.outcome for r in rows], "attempts": [r.attempts for r in rows],
+                "errors": [f"{r.error_type}: {r.error}" for r in rows if r.outcome == "error"][:3],
                 "levels": levels, "seconds": seconds, "pid": os.getpid()}
 
     return asyncio.run(go())
@@ -250,8 +251,10 @@ def amplification_cell(proxy: Any, workers: Workers, redis_url: str, rate: float
         proxy.set_plan(plan_for(seed, rate, i, sizes.max_attempts), key=key)
     budget = None
     if arm is not None:
+        # on_error="raise": a cell must never go on with a process-local bucket. 5 s socket
+        # timeouts: on a shared 2-core machine under load, 1 s (the default) was passed.
         store = MemoryStore() if processes == 1 else RedisStore(redis_url, prefix=f"{prefix}:",
-                                                                on_error="raise")
+                                                                on_error="raise", socket_timeout=5.0)
         budget = RetryBudget(arm[0], arm[1], store=store).spec()
     start_at = time.time() + 0.3
     parts = workers.run([("share", {"url": proxy.url, "keys": keys[j::processes], "budget": budget,
@@ -276,6 +279,7 @@ def amplification_cell(proxy: Any, workers: Workers, redis_url: str, rate: float
             "outcomes": dict(Counter(outcomes)), "ok_calls": outcomes.count("ok"),
             "level_min": min(levels, default=None), "level_max": max(levels, default=None),
             "level_last": levels[-1] if levels else None,
+            "errors": [e for p in parts for e in p["errors"]][:3],
             "seconds": round(max(p["seconds"] for p in parts), 2),
             "workers": len({p["pid"] for p in parts}), "_outcomes": outcomes}
 
@@ -694,7 +698,7 @@ def run(sizes: Sizes, seed: int, quick: bool, progress: Callable[[str], None] | 
         "throughput": {**tp, "ratio_guarded_to_direct": tp["retrylib budget+breaker"]["ratio_to_direct"],
                        "ratio_plain_to_direct": tp["retrylib plain"]["ratio_to_direct"],
                        "calls": sizes.throughput_calls, "rounds": sizes.throughput_rounds},
-        "memory": mem, "breaker": brk,
+        "memory": mem, "breaker": compact_breaker(brk),
         "budget_timeline": timeline, "total_seconds": round(time.perf_counter() - t, 1),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
@@ -702,6 +706,14 @@ def run(sizes: Sizes, seed: int, quick: bool, progress: Callable[[str], None] | 
     }
     result["done_when"] = done_when(result)
     return result
+
+
+def compact_breaker(run: dict[str, Any]) -> dict[str, Any]:
+    """:func:`breaker_run`'s result with one short row per call (for the JSON file)."""
+    cols = ["start", "end", "outcome", "answered_by", "attempts"]
+    rows = [[c["start"], c["end"], c["outcome"], c["models"][-1] if c["models"] else None,
+             len(c["models"])] for c in run["calls"]]
+    return {**run, "calls": rows, "calls_columns": cols}
 
 
 def _changes(states: list[tuple[float, str]]) -> list[tuple[float, str]]:
@@ -764,7 +776,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1))
         print(f"written: {out}")
-    return 0 if all(v["passed"] for v in result["done_when"].values()) else 1
+    return 0 if _met(result["done_when"]) else 1
+
+
+def _met(verdict: dict[str, dict[str, Any]]) -> bool:
+    """Some budget arm met both targets, and every invariant and breaker claim held."""
+    arms = [k for k in verdict if k.startswith(("total_outage", "ten_percent"))] + ["recommended"]
+    return bool(verdict["recommended"]["evidence"]["meets_both_targets"]) and all(
+        v["passed"] for k, v in verdict.items() if k not in arms)
 
 
 if __name__ == "__main__":
