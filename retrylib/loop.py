@@ -197,9 +197,12 @@ class _Loop:
         """
         c, n = self.config, len(self.attempts) + 1
         first = n == self.first_number
+        extra = self.budget is not None and (not first or self.outer)
         if c.breaker is not None:
             while True:
                 model, base = self.target()
+                if extra and await self.budget.level(model, api_base=base) <= self.budget.threshold:
+                    break  # refused below, before the breaker grants a probe that would not be sent
                 d = await c.breaker.allow(model, api_base=base)
                 self.breaker_state = d.state
                 if d.allowed:
@@ -209,7 +212,7 @@ class _Loop:
                     continue
                 self.gate_error = d.error(attempts=list(self.attempts), last_error=self.last_error)
                 return Decision(RAISE, failures=self.failures, stage=self.stage, reason="breaker_open")
-        if self.budget is not None and (not first or self.outer):
+        if extra:
             model, base = self.target()
             kind = "judge" if self.outer else self.next_kind
             b = await self.budget.allow(model, api_base=base, kind=kind)
@@ -218,9 +221,9 @@ class _Loop:
                 self.gate_error = b.error(attempts=list(self.attempts), last_error=self.last_error)
                 return Decision(RAISE, failures=self.failures, stage=self.stage, reason="budget")
         if self.cap is not None and not first:
-            extra = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
-                        + getattr(r, "metrics", {}).get("tokens_out", 0) for r in self.subresults)
-            cd = self.cap.check(self.attempts, extra_tokens=extra)
+            sub = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
+                      + getattr(r, "metrics", {}).get("tokens_out", 0) for r in self.subresults)
+            cd = self.cap.check(self.attempts, extra_tokens=sub)
             if not cd.allowed:
                 self.gate_error = cd.error(attempts=list(self.attempts), last_error=self.last_error)
                 return Decision(RAISE, failures=self.failures, stage=self.stage, reason="cap")
@@ -234,12 +237,16 @@ class _Loop:
             return
         model = a.model
         base = kwargs.get("api_base") or getattr(self.call, "defaults", {}).get("api_base")
-        if self.config.breaker is not None:
-            a.breaker_state = self.breaker_state
-            await self.config.breaker.record(model, ok_for_breaker, api_base=base)
-        if self.budget is not None:
-            self.budget_level = a.budget_level = await self.budget.record(
-                model, api_base=base, ok=a.outcome == "ok")
+        try:  # the answer is in hand: a state store that fails now must not lose it
+            if self.config.breaker is not None:
+                a.breaker_state = self.breaker_state
+                await self.config.breaker.record(model, ok_for_breaker, api_base=base)
+            if self.budget is not None:
+                self.budget_level = a.budget_level = await self.budget.record(
+                    model, api_base=base, ok=a.outcome == "ok")
+        except Exception as exc:  # StateStoreError (on_error="raise"): noted, not raised
+            logger.warning("budget/breaker update after attempt {} failed: {}", a.number, exc)
+            a.note = "; ".join(x for x in (a.note, f"budget/breaker not updated: {exc}") if x)
 
     def target(self) -> tuple[str | None, str | None]:
         """The model (and base URL) the next attempt goes to."""

@@ -192,8 +192,7 @@ class LoopMachine(RuleBasedStateMachine):
             prev = model
         if isinstance(outcome, BudgetExhaustedError):  # refused at or below the threshold
             assert self.levels[outcome.key] <= thr and round(outcome.level * MICRO) == self.levels[outcome.key]
-            # The breaker was asked first and said yes: in half-open that took the probe.
-            self.refs[outcome.key].allow(now)
+            # The level is read before the breaker is asked, so no half-open probe was taken.
         if isinstance(outcome, CircuitOpenError):
             assert not self.refs[outcome.key].allow(now)[1]
 
