@@ -194,22 +194,30 @@ async def run_model(model: str, tasks: list[Task], args: argparse.Namespace) -> 
             """Requests offering tools go to the -tools alias, the final one to the plain one."""
             return await (tooled if "tools" in kwargs else plain)(messages, **kwargs)
 
+        async def ask(messages: list[dict[str, Any]]) -> tuple[str, str | None]:
+            """The plain alias's answer, or ("", the error) when the request failed."""
+            try:
+                return _text(await plain(messages, **kw)), None
+            except Exception as exc:  # a timeout under load: that answer failed, measured
+                return "", f"{type(exc).__name__}: {exc}"[:200]
+
         cases: list[dict[str, Any]] = []
         # Plain-alias arms first, then the tool arms: the server swaps models on a change.
         for task in tasks:
             t0 = time.monotonic()
-            first = _text(await plain([{"role": "user", "content": task.prompt}], **kw))
+            first, request_error = await ask([{"role": "user", "content": task.prompt}])
             ok, errors, suggestions = await validate(task, first)
             case: dict[str, Any] = {"task": task.name, "first_pass": ok, "first_seconds":
                                     round(time.monotonic() - t0, 2), "first_errors": errors[:3],
-                                    "first_answer": first[:400]}
+                                    "first_answer": first[:400], "first_request_error": request_error}
             if not ok:
                 feedback = feedback_text(errors, suggestions)
                 history = [{"role": "user", "content": task.prompt},
                            {"role": "assistant", "content": first}]
                 case["_history"], case["_feedback"] = history, feedback
                 t0 = time.monotonic()
-                again = _text(await plain([*history, {"role": "user", "content": feedback}], **kw))
+                again, case["reask_request_error"] = await ask(
+                    [*history, {"role": "user", "content": feedback}])
                 case["reask_pass"] = (await validate(task, again))[0]
                 case["reask_seconds"] = round(time.monotonic() - t0, 2)
             cases.append(case)
@@ -260,6 +268,8 @@ def summarize(cases: list[dict[str, Any]]) -> dict[str, Any]:
                     "request_errors": sum("error" in r for r in ran),
                     "seconds_total": round(sum(secs), 1),
                     "seconds_median": round(statistics.median(secs), 2) if secs else None}
+    out["request_errors"] = {"first": sum(bool(c.get("first_request_error")) for c in cases),
+                             "reask": sum(bool(c.get("reask_request_error")) for c in failing)}
     out["reask_seconds_total"] = round(sum(c.get("reask_seconds", 0) for c in failing), 1)
     out["first_seconds_total"] = round(sum(c["first_seconds"] for c in cases), 1)
     return out
@@ -282,12 +292,13 @@ async def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="smollm2,gemma3")
     p.add_argument("--limit", type=int, default=len(TASKS), help="tasks per model")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=192)
     p.add_argument("--max-rounds", type=int, default=1)
     p.add_argument("--auto-sample", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=2048)
-    p.add_argument("--request-timeout", type=float, default=120.0)
+    p.add_argument("--request-timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--resume", action="store_true", help="keep the models already in --out")
     p.add_argument("--self-check", action="store_true", help="validate the reference solutions only")
     args = p.parse_args(argv)
     bad = await self_check()
@@ -295,18 +306,34 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"{len(TASKS)} tasks; reference solutions failing their tests: {bad or 'none'}")
         return 1 if bad else 0
     t0 = time.monotonic()
-    results = [await run_model(m, TASKS[: args.limit], args) for m in args.models.split(",")]
-    record = {"benchmark": "tool_stage", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    load_before = os.getloadavg()  # other jobs on a 2-core machine slow the model down
+    done: dict[str, Any] = {}
+    if args.resume and args.out.exists():  # models finished by an earlier, interrupted run
+        done = {r["model"]: r for r in json.loads(args.out.read_text()).get("results", [])}
+    results = []
+    for m in args.models.split(","):
+        results.append(done.get(m) or await run_model(m, TASKS[: args.limit], args))
+        write(args, results, t0, load_before, partial=True)
+    record = write(args, results, t0, load_before, partial=False)
+    print(record["table"])
+    print(f"total {record['seconds']} s; written to {args.out}")
+    return 0
+
+
+def write(args: argparse.Namespace, results: list[dict[str, Any]], t0: float,
+          load_before: tuple[float, float, float], partial: bool) -> dict[str, Any]:
+    """Write what was measured so far (``partial``: more models to come)."""
+    record = {"partial": partial, "benchmark": "tool_stage", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "platform": platform.platform()},
+                          "platform": platform.platform(),
+                          "load_average_before": [round(x, 2) for x in load_before],
+                          "load_average_after": [round(x, 2) for x in os.getloadavg()]},
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "seconds": round(time.monotonic() - t0, 1), "results": results,
               "table": table(results)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    print(table(results))
-    print(f"total {record['seconds']} s; written to {args.out}")
-    return 0
+    return record
 
 
 if __name__ == "__main__":
