@@ -19,7 +19,7 @@ from retrylib import ConfigError
 from retrylib.testing.local import free_port
 from retrylib.tools import ToolServerError, ToolSession, default_debug_tool_config
 from retrylib.tools.servers import parse_mcp_config
-from retrylib.tools.session import check_arguments, minimal_schema
+from retrylib.tools.specs import check_arguments, minimal_schema
 
 pytestmark = pytest.mark.timeout(120)
 PY = sys.executable
@@ -109,12 +109,12 @@ def test_offered_parameters_are_grammar_safe_and_name_what_was_left_out():
     not valid OpenAI function names are made valid."""
     from mcp_types import Tool
 
-    from retrylib.tools.session import _name_tools
+    from retrylib.tools.specs import name_tools
 
     big = Tool(name="write.file", description=" Write a file. ", input_schema={
         "type": "object", "required": ["text"],
         "properties": {"text": {"type": "string", "maxLength": 5000, "title": "Text"}}})
-    (spec,) = _name_tools([("fs", big)]).values()
+    (spec,) = name_tools([("fs", big)]).values()
     assert (spec.name, spec.remote_name, spec.description) == ("write_file", "write.file", "Write a file.")
     assert spec.parameters == {"type": "object", "required": ["text"],
                                "properties": {"text": {"type": "string"}}}

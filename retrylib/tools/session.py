@@ -15,8 +15,12 @@ back as a :class:`ToolResult` with ``is_error=True`` and ``error`` saying which.
 
 Closing ends every server and what it started, also on cancellation and timeouts: the SDK
 starts each stdio server in a new session and, on exit, closes its stdin, waits up to 2 s,
-then SIGTERMs and SIGKILLs its whole process group, shielded from cancellation. The
-servers' stderr goes to a log file (``log_path``), never to the terminal.
+then SIGTERMs and SIGKILLs its whole process group, shielded from cancellation
+(``run_python`` puts the code it runs in a group of its own, and ends it itself: see
+:mod:`retrylib.tools.run_python`). The servers run in a task the session owns, so it may
+be started, called and closed from different tasks. Their stderr goes to a log file
+(``log_path``), never to the terminal. How tools are named and their schemas made safe for
+llama.cpp: :mod:`retrylib.tools.specs`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -36,15 +39,11 @@ from typing import IO, Any, Literal
 from loguru import logger
 
 from retrylib._extras import require
-from retrylib.constrained import grammar_safe_schema
 from retrylib.errors import RetrylibError
 from retrylib.tools.servers import ServerSpec, parse_mcp_config
+from retrylib.tools.specs import ToolSpec, check_arguments, name_tools
 
 ErrorKind = Literal["unknown_tool", "bad_arguments", "timeout", "tool_error", "session_error"]
-_NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")  # OpenAI function names: ^[a-zA-Z0-9_-]{1,64}$
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-    "array": (list, tuple), "object": (dict,)}
 
 
 class ToolServerError(RetrylibError, RuntimeError):
@@ -73,62 +72,6 @@ class ToolResult:
     is_error: bool
     duration: float
     error: ErrorKind | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """A tool as offered: its name for the model, where it lives, and its schema (with
-    ``dropped`` naming the constraints left out because llama.cpp's grammar cannot hold them)."""
-
-    name: str
-    server: str
-    remote_name: str
-    description: str
-    parameters: dict[str, Any]
-    dropped: tuple[str, ...] = ()
-
-    def openai(self) -> dict[str, Any]:
-        """The OpenAI ``tools`` entry (no ``strict``, no ``additionalProperties`` added)."""
-        return {"type": "function", "function": {
-            "name": self.name, "description": self.description, "parameters": self.parameters}}
-
-
-def minimal_schema(schema: Any) -> dict[str, Any]:
-    """The input schema without pydantic's ``title`` keys, with ``type``/``properties`` set.
-
-    Small models copy whatever a schema shows, and the llama.cpp grammar builder needs an
-    object schema: a tool's parameters are always ``{"type": "object", "properties": ...}``.
-    """
-    def strip(node: Any, in_properties: bool = False) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v, k in ("properties", "$defs", "definitions") and not in_properties)
-                    for k, v in node.items() if in_properties or k != "title"}
-        if isinstance(node, list):
-            return [strip(v) for v in node]
-        return node
-
-    out = strip(dict(schema or {})) if isinstance(schema, Mapping) else {}
-    out.setdefault("type", "object")
-    out.setdefault("properties", {})
-    return out
-
-
-def check_arguments(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> str | None:
-    """What is wrong with ``arguments`` for a top-level object ``schema``, or ``None``."""
-    props = schema.get("properties") or {}
-    missing = [k for k in schema.get("required") or () if k not in arguments]
-    if missing:
-        return f"missing required argument(s): {', '.join(missing)}"
-    if schema.get("additionalProperties") is False:
-        extra = [k for k in arguments if k not in props]
-        if extra:
-            return f"unknown argument(s): {', '.join(extra)}"
-    for key, value in arguments.items():
-        want = (props.get(key) or {}).get("type")
-        types = _JSON_TYPES.get(want) if isinstance(want, str) else None
-        if types and (not isinstance(value, types) or (want != "boolean" and isinstance(value, bool))):
-            return f"argument {key!r} must be a {want}, got {type(value).__name__}"
-    return None
 
 
 class ToolSession:
@@ -245,7 +188,7 @@ class ToolSession:
                     f"its stderr ({self.log_path or 'not kept'}):\n{self.stderr_tail()}") from exc
             self._sessions[spec.name] = session
             listed += [(spec.name, t) for t in tools]
-        self.tools = _name_tools(listed)
+        self.tools = name_tools(listed)
 
     def _open_errlog(self, stack: contextlib.AsyncExitStack) -> IO[str]:
         arg = self._errlog_arg
@@ -366,28 +309,6 @@ class ToolSession:
             kind: ErrorKind = "bad_arguments" if "validation error for" in text else "tool_error"
             return result(text, kind)
         return result(text, None)
-
-
-def _name_tools(listed: list[tuple[str, Any]]) -> dict[str, ToolSpec]:
-    """Names for the model: unchanged unless two servers share one (then ``server_name``)."""
-    counts: dict[str, int] = {}
-    for _, t in listed:
-        counts[t.name] = counts.get(t.name, 0) + 1
-    out: dict[str, ToolSpec] = {}
-    for server, t in listed:
-        base = t.name if counts[t.name] == 1 else f"{server}_{t.name}"
-        name = _NAME_OK.sub("_", base)[:64] or "tool"
-        n = 2
-        while name in out:  # sanitizing may make two names equal
-            name = f"{_NAME_OK.sub('_', base)[:60]}_{n}"
-            n += 1
-        # The parameters become a llama.cpp grammar (a forced call, chatml-function-calling):
-        # what would crash its builder (a maxLength over 1000, say: measured, SIGSEGV) is
-        # left out of what the model sees; the server still checks the arguments.
-        params, dropped = grammar_safe_schema(minimal_schema(t.input_schema))
-        out[name] = ToolSpec(name, server, t.name, (t.description or "").strip(), params,
-                             tuple(dropped))
-    return out
 
 
 def _content_text(res: Any) -> str:
