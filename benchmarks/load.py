@@ -201,6 +201,7 @@ def run_worker(spec: dict[str, Any], proxy_pid: int) -> dict[str, Any]:
            "RETRYLIB_PROXY_POOL_SIZE": str(spec["pool_size"]), "PYTHONPATH": str(ROOT)}
     server = psutil.Process(proxy_pid)
     before = server.cpu_times()
+    load_before = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-m", "benchmarks.load", "--worker", json.dumps(spec)],
                          capture_output=True, text=True, cwd=ROOT, env=env,
                          timeout=spec["wait_limit"] + 300)
@@ -210,6 +211,9 @@ def run_worker(spec: dict[str, Any], proxy_pid: int) -> dict[str, Any]:
         raise RuntimeError(f"worker failed ({out.returncode}): {out.stderr[-2000:]}")
     result = json.loads(lines[-1][len("RESULT "):])
     result["proxy_cpu_s"] = round((after.user + after.system) - (before.user + before.system), 2)
+    # The machine's 1-minute load average around the run: other work on a shared machine
+    # slows every arm alike, but it shows why two runs of one arm differ.
+    result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
 
 

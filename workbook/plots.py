@@ -82,7 +82,7 @@ def plot_memory(df: pd.DataFrame, calls: pd.DataFrame | None = None) -> Any:
 
     Args:
         df: attempts with ``index`` (position in the series), ``call`` and ``rss_bytes``.
-        calls: per call, ``call`` and ``peak_traced_bytes`` (optional second panel).
+        calls: per call, ``call`` and ``process_traced_peak_bytes`` (optional second panel).
     """
     import matplotlib.pyplot as plt
 
@@ -97,7 +97,7 @@ def plot_memory(df: pd.DataFrame, calls: pd.DataFrame | None = None) -> Any:
         ax.legend(fontsize="small")
     if calls is not None:
         bx = axes[0][1]
-        bx.bar(calls["call"].astype(str), calls["peak_traced_bytes"] / 1024)
+        bx.bar(calls["call"].astype(str), calls["process_traced_peak_bytes"] / 1024)
         bx.set(title="tracemalloc peak per call", xlabel="call", ylabel="peak traced (KiB)")
         bx.grid(alpha=0.3, axis="y")
     return _done(fig)
@@ -309,4 +309,44 @@ def plot_delay_cap(row: dict[str, Any]) -> Any:
     ax.axhline(row["max_delay"], color="r", lw=1, label=f"max_delay {row['max_delay']}")
     ax.set(xlabel="attempt", ylabel="seconds", title="exponential backoff (factor 10) hits the cap")
     ax.legend(fontsize=8)
+    return _done(fig)
+
+
+def plot_load(result: dict[str, Any], saved: dict[str, Any] | None = None) -> Any:
+    """Many calls at once: throughput direct / retrylib / 30 % faults, and RSS per call in
+    flight against the 50 KB target, per route (and transport); the committed full run's
+    bars beside this run's, when given.
+
+    Args:
+        result: ``edge.load_benchmark``'s result (its ``summary`` rows).
+        saved: the committed ``benchmarks/results/load.json``, or ``None``.
+
+    Returns:
+        The Figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [dict(r, run="this run") for r in result["summary"]]
+    rows += [dict(r, run="committed") for r in (saved or {}).get("summary", [])]
+    labels = [f"{'litellm' if r['route'] == 'litellm' else 'proxy/' + r['transport']} "
+              f"{r['n']:,}{'' if r['run'] == 'this run' else ' (committed)'}" for r in rows]
+    x = np.arange(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 1.1 * len(rows) + 4), 4.8))
+    for k, (key, name, colour) in enumerate([("direct_calls_per_s", "direct (no retrylib)", "tab:grey"),
+                                             ("clean_calls_per_s", "retrylib, clean", "tab:blue"),
+                                             ("faults_calls_per_s", "retrylib, 30% faults", "tab:orange")]):
+        left.bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=name, color=colour)
+    left.set(ylabel="calls per second", title="throughput (all calls launched at once)")
+    left.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
+    left.legend(fontsize=8)
+    for k, (key, name, colour) in enumerate([("rss_kb_per_call_direct", "direct", "tab:grey"),
+                                             ("rss_kb_per_call_clean", "retrylib, clean", "tab:blue"),
+                                             ("rss_kb_per_call_faults", "retrylib, 30% faults", "tab:orange")]):
+        right.bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=name, color=colour)
+    target = result.get("targets", {}).get("rss_kb_per_call", 50.0)
+    right.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g} KB")
+    right.set(ylabel="KB of RSS per call in flight", title="memory per call in flight")
+    right.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
+    right.legend(fontsize=8)
     return _done(fig)

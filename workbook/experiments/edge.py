@@ -35,7 +35,7 @@ from workbook.experiments.integration import _run, _user, attempt_log
 
 RUN = uuid.uuid4().hex[:6]  # keys unique to this kernel: a shared proxy may serve other runs
 #: The sample sizes ``quick=True`` caps.
-QUICK_CAPS = {"concurrent_calls": 50}
+QUICK_CAPS = {"concurrent_calls": 50, "load_calls": 200}
 NETWORK_FAULTS = ("reset", "malformed", "empty", "truncated", "wrong_shape", "hang")
 ROUTES = {"chaos": "litellm", "proxy": "plain HTTP"}
 
@@ -334,3 +334,61 @@ def recovery_table(*frames: pd.DataFrame) -> pd.DataFrame:
                          "what happened": r["what_happened"][:160], "how it recovered / ended": how,
                          "attempts": r["attempts"], "requests on the wire": r["requests"]})
     return pd.DataFrame(rows)
+
+
+# -- thousands of calls in flight (benchmarks/load.py) -----------------------------------------
+
+#: The committed full run of ``benchmarks/load.py`` (1,000 and 10,000 calls per measurement).
+LOAD_RESULTS = "benchmarks/results/load.json"
+
+
+def _load_module() -> Any:
+    """``benchmarks/load.py`` of this repository (a folder of the repo, not an installed package)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("benchmarks.load")
+
+
+def load_benchmark(calls: int, seed: int, routes: tuple[str, ...] = ("litellm", "proxy")) -> dict[str, Any]:
+    """``benchmarks/load.py`` at the notebook's scale: ``calls`` at once, per route (and, on
+    the proxy route, per transport), direct / clean / 30 % faults, one measurement each.
+
+    The proxy runs in a process of its own and each measurement in a fresh worker process,
+    as in the full benchmark (see its docstring), so the figures are comparable with
+    :data:`LOAD_RESULTS`, whose 10,000-call run this function does not repeat (~10 min).
+
+    Args:
+        calls: calls at once in each measurement.
+        seed: draws which calls get a fault, and which one.
+        routes: ``litellm``, ``proxy``.
+
+    Returns:
+        The benchmark's result: ``summary`` (one row per route and transport: throughput
+        direct / clean / faults, their ratio, RSS per call in flight, lost, ended twice,
+        duplicated, missing, journal == attempts), ``runs`` (every measurement), ``targets``.
+    """
+    return _load_module().run([calls], list(routes), quick=True, seed=seed, progress=False)
+
+
+def saved_load_results(path: str | None = None) -> dict[str, Any] | None:
+    """The committed full run (:data:`LOAD_RESULTS`), or ``None`` when there is none."""
+    from pathlib import Path
+
+    file = Path(path) if path else Path(__file__).resolve().parents[2] / LOAD_RESULTS
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def load_table(result: dict[str, Any]) -> pd.DataFrame:
+    """The benchmark's summary as a table a reader can take in: one row per route."""
+    cols = {"route": "route", "transport": "transport", "n": "calls at once",
+            "direct_calls_per_s": "direct calls/s", "clean_calls_per_s": "retrylib calls/s",
+            "throughput_ratio": "ratio", "faults_calls_per_s": "30% faults calls/s",
+            "rss_kb_per_call_clean": "KB/call (clean)", "rss_kb_per_call_faults": "KB/call (faults)",
+            "lost": "lost", "ended_twice": "ended twice", "duplicated": "duplicated",
+            "missing": "missing", "journal_equals_attempts": "journal = attempts"}
+    return pd.DataFrame(result["summary"])[list(cols)].rename(columns=cols)
