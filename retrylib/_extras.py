@@ -34,7 +34,6 @@ EXTRA_OF = {
     "distributed": "dask",
     "tqdm": "workbook",
     "opentelemetry": "otel",
-    "mcp": "mcp",
     "json_repair": "repair",
 }
 
