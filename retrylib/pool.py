@@ -11,6 +11,12 @@ that is cheap to wait on. That wait is not part of the attempt: the route's ``ti
 starts once a slot is held (:mod:`retrylib.client`). A call that waits for a slot is never
 failed for it; only the retry loop's ``deadline`` ends such a wait.
 
+Two transports: httpx (the default, core install) and aiohttp (``$RETRYLIB_PROXY_TRANSPORT=
+aiohttp``; it comes with litellm and the ``[testing]`` extra). aiohttp's request path costs
+a fifth of httpx's and its connector's queue does not degrade: 7-9x the calls per second
+against a fast server (benchmarks/results/load.json). Both raise the same httpx exceptions,
+so a failure is classified and recorded alike.
+
 The litellm route has a gate of its own (:data:`LITELLM_CONCURRENCY`), for memory: every call
 inside litellm holds its request, logging and response objects, while one that waits at
 the gate holds only its frames.
