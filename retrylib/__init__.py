@@ -46,6 +46,7 @@ from retrylib.errors import (
     RetrylibError,
     ServerDiedError,
     ServerStartError,
+    ServerUnreachableError,
     StateStoreError,
     ValidatorError,
 )
@@ -127,6 +128,7 @@ __all__ = [
     "RssHook",
     "ServerDiedError",
     "ServerStartError",
+    "ServerUnreachableError",
     "Stage",
     "StateStoreError",
     "Tool",

@@ -35,7 +35,7 @@ from retrylib.constrained import (
     schema_from_validators,
 )
 from retrylib.decision import ESCALATE, INVALID, OK, RAISE, REJECTED, TRANSPORT, Decision, Outcome
-from retrylib.errors import ExtractionError
+from retrylib.errors import ConfigError, ExtractionError
 from retrylib.extract import (
     extract_finish_reason,
     extract_model,
@@ -302,6 +302,8 @@ class _Loop:
             response = await self.invoke(req, bound)
         except asyncio.CancelledError:
             raise
+        except ConfigError:
+            raise  # a programmer mistake the route found (a fallback's bad api_base): no retry
         except Exception as exc:
             return await self.transport_failure(exc, req, n, start, stamp)
         end = time.monotonic() - self.t0

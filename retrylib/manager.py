@@ -45,6 +45,7 @@ from retrylib.errors import (
 from retrylib.hooks import LOG_HOOK, MEMORY_HOOK, installed, safely
 from retrylib.loop import _Loop
 from retrylib.result import RetryResult
+from retrylib.sync import retry_with_validation_sync, run_sync  # the sync entry points live there
 from retrylib.validators.base import Validator
 
 if TYPE_CHECKING:
@@ -427,20 +428,3 @@ def _queue_for_review(loop: _Loop, exc: HumanReviewNeededError,
     from retrylib.review.hook import queue_case
 
     queue_case(loop, exc, review_store)
-
-
-def run_sync(awaitable: Awaitable[Any]) -> Any:
-    """Run a coroutine to completion from sync code, even inside a running loop (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(awaitable)  # type: ignore[arg-type]
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, awaitable).result()  # type: ignore[arg-type]
-
-
-def retry_with_validation_sync(*args: Any, **kwargs: Any) -> RetryResult:
-    """The sync wrapper of :func:`retry_with_validation`, for scripts."""
-    return run_sync(retry_with_validation(*args, **kwargs))
