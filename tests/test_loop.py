@@ -36,6 +36,7 @@ from retrylib import (
     retry_with_validation_sync,
 )
 from retrylib import validators as V
+from retrylib.hooks import install
 from retrylib.manager import run_sync
 from retrylib.testing import (
     Delay,
@@ -883,9 +884,13 @@ async def test_metrics_sum_the_attempts():
     """``result.metrics`` counts calls, failures, tokens and the stage reached."""
     call = ScriptedCall([http_error(503), reply("bad", tokens=(10, 4)),
                          reply(GOOD, tokens=(12, 6))])
-    with set_testing(True):
-        result = await retry_with_validation(call, PROMPT, [V.PydanticSchema(Person)],
-                                             RetryConfig(max_attempts=3))
+    old = install()  # no process-wide hooks (the workbook installs RssHook when imported)
+    try:
+        with set_testing(True):
+            result = await retry_with_validation(call, PROMPT, [V.PydanticSchema(Person)],
+                                                 RetryConfig(max_attempts=3))
+    finally:
+        install(*old)
     m = result.metrics
     assert (m["api_calls"], m["total_api_calls"], m["validator_api_calls"]) == (3, 3, 0)
     assert (m["transport_errors"], m["validation_failures"]) == (1, 1)

@@ -29,6 +29,7 @@ from retrylib import (
     retry_with_validation_sync,
 )
 from retrylib import validators as V
+from retrylib.hooks import install
 
 PROMPT = [{"role": "user", "content": "Reply with the word good."}]
 TOOL_MCP = {"mcpServers": {"debugger": {"command": "mcp-debugger", "args": ["--stdio"]}}}
@@ -402,7 +403,11 @@ async def test_metrics_and_frame(chaos_free):
     call = make_call("openai/m", api_base=chaos_free.url)
     cfg = RetryConfig(max_attempts=3, initial_delay=0.05, max_delay=0.05, jitter="none",
                       trace_memory=True)
-    result = await retry_with_validation(call, PROMPT, [V.RegexMatch("good")], cfg)
+    old = install()  # no process-wide hooks (the workbook installs RssHook when imported)
+    try:
+        result = await retry_with_validation(call, PROMPT, [V.RegexMatch("good")], cfg)
+    finally:
+        install(*old)
     m = result.metrics
     assert m["api_calls"] == 3 and m["transport_errors"] == 1 and m["validation_failures"] == 1
     assert m["sleep_seconds"] == pytest.approx(sum(a.slept for a in result.attempts))
