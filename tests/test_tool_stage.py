@@ -83,6 +83,7 @@ async def test_no_server_starts_when_the_tool_stage_is_not_reached():
 async def test_cancel_mid_tool_call_leaves_no_process():
     """The call is cancelled while run_python runs a 30 s sleep: the server and its child
     are gone afterwards."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     call = ScriptedCall(["41", tool_call("import time; time.sleep(30)"), "42"])
     task = asyncio.create_task(retry_with_validation(call, PROMPT, [V.RegexMatch(r"^42$")],
                                                      tool_config(tool_timeout=60)))
@@ -97,8 +98,8 @@ async def test_cancel_mid_tool_call_leaves_no_process():
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.5)
-    left = [p for p in psutil.Process().children(recursive=True) if p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before
+            and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
 
 
