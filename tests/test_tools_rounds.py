@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+from processes import assert_all_gone
 
 from retrylib import ConfigError, make_call
 from retrylib.testing import ScriptedCall, reply
@@ -53,17 +53,6 @@ def mcp_processes(before: set[int]) -> list[psutil.Process]:
         if p.pid not in before and ("retrylib.tools.run_python" in line or " -I -c " in f" {line} "):
             out.append(p)
     return out
-
-
-def assert_all_gone(procs: list[psutil.Process], timeout: float = 5.0) -> None:
-    """Every process of ``procs`` has exited (a zombie counts as gone)."""
-    deadline = time.monotonic() + timeout
-    alive = procs
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if alive:
-            time.sleep(0.05)
-    assert alive == [], f"left running: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
 
 
 @pytest.fixture

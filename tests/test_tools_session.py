@@ -12,8 +12,8 @@ import sys
 import time
 
 import httpx
-import psutil
 import pytest
+from processes import assert_all_gone, descendants
 
 from retrylib import ConfigError
 from retrylib.testing.local import free_port
@@ -23,29 +23,6 @@ from retrylib.tools.specs import check_arguments, minimal_schema
 
 pytestmark = pytest.mark.timeout(120)
 PY = sys.executable
-
-
-def descendants() -> list[psutil.Process]:
-    """Live processes this test process started."""
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            continue
-    return out
-
-
-def assert_all_gone(procs: list[psutil.Process], timeout: float = 5.0) -> None:
-    """Every process of ``procs`` has exited (a zombie counts as gone)."""
-    deadline = time.monotonic() + timeout
-    alive = procs
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if alive:
-            time.sleep(0.05)
-    assert alive == [], f"left running: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
 
 
 def server(**extra: object) -> dict[str, object]:
