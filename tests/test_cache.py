@@ -243,10 +243,17 @@ async def test_200_concurrent_calls_keep_the_accepted_entry():
                                                extra_headers={"X-Chaos-Key": f"c{i}"})
 
         first = await asyncio.gather(*(one(i, [RegexMatch("^good$")]) for i in range(200)))
-        assert [len(r.attempts) for r in first] == [1 if i % 2 == 0 else 2 for i in range(200)]
-        assert sum(a.outcome == "validation_failed" for r in first for a in r.attempts) == 100
+        # Under load a call can start after an even one accepted "good": it is served from the
+        # cache in one attempt and sends nothing. Every other call follows its plan.
+        hit = [r.attempts[0].cache_hit for r in first]
+        assert all(r.content == "good" for r in first)
+        assert [len(r.attempts) for r in first] == [
+            1 if hit[i] or i % 2 == 0 else 2 for i in range(200)]
+        rejected = sum(a.outcome == "validation_failed" for r in first for a in r.attempts)
+        assert rejected == sum(not hit[i] for i in range(1, 200, 2)) > 0
         sent = len(proxy.journal())
+        assert sent == sum(not a.cache_hit for r in first for a in r.attempts)
         await settle()
         second = await asyncio.gather(*(one(i, [RegexMatch("^good$")]) for i in range(200)))
         assert all(r.content == "good" and r.attempts[0].cache_hit for r in second)
-        assert len(proxy.journal()) == sent == 300  # the second round sent nothing
+        assert len(proxy.journal()) == sent  # the second round sent nothing

@@ -172,11 +172,13 @@ async def test_server_stderr_goes_to_the_log_file_not_the_terminal(capfd, tmp_pa
 
 async def test_calls_from_other_tasks_and_close_from_another_task():
     """start, call and close may each happen in a different task (as under asyncio.wait_for)."""
+    before = {p.pid for p in descendants()}  # a full-suite run has the model server as a child too
     session = ToolSession(default_debug_tool_config())
     await asyncio.create_task(session.start())
     r = await asyncio.wait_for(session.call("run_python", {"code": "21 * 2"}), 30)
     assert r.text == "42\n"
-    started = descendants()
+    started = [p for p in descendants() if p.pid not in before]
+    assert started, "the session started no server process"
     await asyncio.create_task(session.aclose())
     assert_all_gone(started)
     with pytest.raises(RuntimeError, match="not open"):
