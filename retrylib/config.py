@@ -129,6 +129,12 @@ class RetryConfig(BaseModel):
             unclosed list): if the repaired text passes every validator, it is the answer,
             at zero extra calls, and the attempt's ``note`` says it was repaired (the
             ``[repair]`` extra). Off by default (see the README's extraction table).
+        human_when_exhausted: when the attempts run out with ``max_attempts_before_human``
+            set but not reached (transport errors took some attempts), hand the case to a
+            human anyway: ``HumanReviewNeededError`` (queued in the review store like any
+            other) instead of ``RetryExhaustedError``. The original design's semantics,
+            which ``llm_call`` switches on; off for the Python API, where running out of
+            attempts is the caller's to handle.
         tool_mode: what the tool stage does with ``debug_tool_mcp_config``: ``inject`` adds
             it to the request as ``mcp_config`` (the original design: a proxy that reads the
             key starts the tools), ``execute`` starts the MCP servers here and runs the
@@ -202,6 +208,7 @@ class RetryConfig(BaseModel):
     review_store: str | Literal[False] | None = None
     max_replay_chars: int | None = Field(32_000, ge=100)
     repair_json: bool = False
+    human_when_exhausted: bool = False
     tool_mode: Literal["inject", "execute", "both"] = "inject"
     tool_max_rounds: int = Field(2, ge=0, le=20)
     tool_choice: Literal["force", "auto"] = "force"

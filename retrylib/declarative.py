@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from retrylib.aliases import Routes, load_aliases, original_defaults
 from retrylib.config import RetryConfig, format_validation_error
-from retrylib.errors import ConfigError, HumanReviewNeededError, RetryExhaustedError
+from retrylib.errors import ConfigError, HumanReviewNeededError
 from retrylib.manager import retry_with_validation, run_sync
 from retrylib.messages import add_json_instruction, has_images, inline_images, wants_json_object
 from retrylib.result import RetryResult
@@ -144,6 +144,8 @@ def _retry_config(cfg: LLMCallConfig, extra: dict[str, Any]) -> RetryConfig:
     n = retry.get("max_attempts", 3)
     if "max_attempts_before_human" not in retry and type(n) is int and n >= 1:
         retry["max_attempts_before_human"] = n  # the original's default: running out = a human
+    if retry.get("max_attempts_before_human") is not None:
+        retry.setdefault("human_when_exhausted", True)  # ... also when transport errors took attempts
     if retry.get("max_attempts_before_tool_use") is not None and not retry.get("debug_tool_name"):
         if retry.get("debug_tool_mcp_config") is not None:
             raise ConfigError("max_attempts_before_tool_use with debug_tool_mcp_config needs "
@@ -247,20 +249,6 @@ def _context(cfg: LLMCallConfig, last_response: Any, attempts: list[Any],
     return ctx
 
 
-def _human(exc: RetryExhaustedError, rec: _Recorder, config: RetryConfig) -> HumanReviewNeededError:
-    last = next((a for a in reversed(exc.attempts) if a.outcome == "validation_failed"), None)
-    err = HumanReviewNeededError(
-        f"Human review required after {len(exc.attempts)} failed attempts "
-        f"(max_attempts_before_human is {config.max_attempts_before_human}); "
-        f"last: {str(exc)[:300]}",
-        attempts=exc.attempts, messages=rec.last_messages, last_response=rec.last_response,
-        last_text=last.text if last else None,
-        validation_errors=list(last.validation_errors) if last else [],
-        config=config.model_dump(), last_error=exc.last_error)
-    err.metrics = {**exc.metrics, "stage_reached": "human"}
-    return err
-
-
 async def llm_call(source: Source | LLMCallConfig, *, call: CallOverride = None) -> RetryResult:
     """Run an original-design ``llm_config`` through ``retry_with_validation``.
 
@@ -287,14 +275,8 @@ async def llm_call(source: Source | LLMCallConfig, *, call: CallOverride = None)
     try:
         return await retry_with_validation(rec, messages, validators, config, response_format)
     except HumanReviewNeededError as exc:
-        exc.context = _context(cfg, exc.last_response, exc.attempts, config)
+        exc.context = _context(cfg, exc.last_response or rec.last_response, exc.attempts, config)
         raise
-    except RetryExhaustedError as exc:
-        if exc.reason != "max_attempts" or config.max_attempts_before_human is None:
-            raise
-        human = _human(exc, rec, config)
-        human.context = _context(cfg, rec.last_response, exc.attempts, config)
-        raise human from exc
 
 
 def llm_call_sync(source: Source | LLMCallConfig, *, call: CallOverride = None) -> RetryResult:

@@ -125,6 +125,8 @@ def _error(loop: _Loop, d: Decision) -> RetryError:
     if d.reason in ("breaker_open", "budget", "cap"):
         assert isinstance(loop.gate_error, RetryError)
         return loop.gate_error
+    if d.reason == "max_attempts" and c.human_when_exhausted and c.max_attempts_before_human is not None:
+        return _human_on_exhaustion(loop)
     if d.reason == "human":
         m = c.max_attempts_before_human
         return HumanReviewNeededError(
@@ -162,6 +164,24 @@ def _error(loop: _Loop, d: Decision) -> RetryError:
                + ("; ".join(loop.last_errors)[:300] if invalid
                   else str((last or {}).get("message", ""))[:300]))
     return RetryExhaustedError(msg, reason=d.reason, attempts=attempts, last_error=last)
+
+
+def _human_on_exhaustion(loop: _Loop) -> HumanReviewNeededError:
+    """The attempts ran out before M failed validations (``human_when_exhausted``): a human
+    gets the case, with the last failed answer (if any) and the last transport error."""
+    c, attempts = loop.config, list(loop.attempts)
+    last = next((a for a in reversed(attempts) if a.outcome == "validation_failed"), None)
+    why = ("; ".join(loop.last_errors) if attempts[-1].outcome == "validation_failed"
+           else str((loop.last_error or {}).get("message", "")))
+    loop.reached = loop.ladder.index_of("human")
+    return HumanReviewNeededError(
+        f"Human review required after {len(attempts)} failed attempts (max_attempts_before_human "
+        f"is {c.max_attempts_before_human}); last: all {loop.policy.max_attempts} attempts failed; "
+        f"last: {why[:300]}",
+        attempts=attempts, messages=loop.last_messages, last_response=loop.last_response,
+        last_text=last.text if last else None,
+        validation_errors=list(last.validation_errors) if last else [], config=c.model_dump(),
+        last_error=loop.last_error)
 
 
 def _policy(config: RetryConfig, first: int) -> Policy:

@@ -204,12 +204,28 @@ async def test_transport_errors_running_out_mean_human_review_too():
         ["not json", connection_refused(), connection_refused()],
     )
     assert isinstance(exc, HumanReviewNeededError) and call.calls == 3
-    assert isinstance(exc.__cause__, RetryExhaustedError)
+    assert "Connection error" in str(exc.__cause__)  # the last attempt's own error
     assert exc.context["attempt"] == 2 and "Connection" in exc.context["error"]
     assert exc.last_text == "not json" and exc.validation_errors
     assert exc.context["last_response"]["choices"][0]["message"]["content"] == "not json"
     assert exc.metrics["stage_reached"] == "human"
     assert pickle.loads(pickle.dumps(exc)).context == exc.context
+
+
+async def test_transport_exhaustion_is_queued_for_review_like_any_human_case(tmp_path):
+    """The human hand-over after attempts lost to transport errors goes into the review store,
+    with the original llm_config, as a human case reached by failed validations does."""
+    from retrylib.review import SQLiteReviewStore
+
+    path = str(tmp_path / "review.db")
+    exc, _ = await run(
+        cfg(validation=["json_string"], retry_config={"max_attempts": 3, "review_store": path}),
+        ["not json", connection_refused(), connection_refused()],
+    )
+    assert isinstance(exc, HumanReviewNeededError) and exc.case_id is not None
+    case = SQLiteReviewStore(path).get(exc.case_id)
+    assert case.status == "open" and case.llm_config["validation"] == ["json_string"]
+    assert len(case.attempts) == 3 and exc.review_error is None
 
 
 async def test_python_api_keeps_retry_exhausted_and_an_empty_context():
