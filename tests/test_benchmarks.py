@@ -113,6 +113,45 @@ def test_done_when_can_fail():
     assert d["correct_ok"] and d["tokens_ok"] and d["token_ratio"] == pytest.approx(1.4)
 
 
+def test_pattern_cases_carry_patterns_and_formats_the_grammar_keeps():
+    """At least 15 cases whose schemas carry patterns or formats (dates, times, codes, ids,
+    e-mails, money); the constrained stage's rewrite drops none of them, and llama.cpp's own
+    converter builds a grammar from every rewritten schema."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    from retrylib.constrained import grammar_safe_schema
+
+    pattern_cases = [c for c in CASES if "pattern" in c.tags]
+    assert len(pattern_cases) >= 15 and CASES[:36] == [c for c in CASES if "pattern" not in c.tags]
+    for c in pattern_cases:
+        text = json.dumps(c.model.model_json_schema())
+        assert '"pattern"' in text or '"format"' in text, c.id
+        safe, dropped = grammar_safe_schema(c.model.model_json_schema())
+        assert dropped == [], (c.id, dropped)
+        assert json.dumps(safe).count('"pattern"') >= text.count('"pattern"'), c.id
+        LlamaGrammar.from_string(json_schema_to_gbnf(json.dumps(safe)), verbose=False)
+
+
+def test_repair_effect_counts_fixed_and_broken_cases_per_pair():
+    """repair_effect pairs each repaired strategy with its plain one, case by case."""
+    import pandas as pd
+
+    from benchmarks.extraction.notebook import repair_effect
+
+    def rec(strategy: str, case: str, valid: bool) -> dict:
+        return {"model": "m", "strategy": strategy, "case": case, "valid": valid, "correct": valid,
+                "prompt_tokens": 10, "completion_tokens": 5}
+
+    records = pd.DataFrame([rec("single_shot", "a", False), rec("single_repair", "a", True),
+                            rec("single_shot", "b", True), rec("single_repair", "b", False),
+                            rec("single_shot", "c", True), rec("single_repair", "c", True),
+                            rec("ladder", "a", True)])
+    (row,) = repair_effect(records).to_dict("records")
+    assert (row["strategy"], row["against"], row["cases"]) == ("single_repair", "single_shot", 3)
+    assert (row["fixed"], row["broken"], row["valid_with"], row["valid_without"]) == (1, 1, 2, 2)
+    assert row["tokens_with"] == row["tokens_without"] == 45
+
+
 def test_a_stopped_run_can_be_resumed_from_its_partial_file(tmp_path):
     """The partial JSON-lines file gives back its records and the instructor pilot, as saved."""
     rec = Record("person-1", "constrained", "smollm2", True, True, 1.0, 1, 77, 23, 0.5)

@@ -1,9 +1,11 @@
 """The extraction cases: a short text, a pydantic model, and the values a correct answer holds.
 
-Written for this benchmark (36 cases over 17 models). They vary the shapes a small model
-finds hard: flat objects, nested objects, lists of strings and of objects, enums
-(``Literal``), integers and floats, booleans, optional fields that the text leaves out
-(expected ``null``), and dates written as ``YYYY-MM-DD`` strings.
+Written for this benchmark (36 cases over 17 models, then the 18 cases of
+:mod:`.pattern_cases` over 9 more whose schemas carry regex patterns and formats). They vary
+the shapes a small model finds hard: flat objects, nested objects, lists of strings and of
+objects, enums (``Literal``), integers and floats, booleans, optional fields that the text
+leaves out (expected ``null``), dates written as ``YYYY-MM-DD`` strings, and identifiers,
+codes, times and addresses that must match a pattern.
 
 *Valid* means the answer parses and validates against the model. *Correct* is judged apart
 from validity, on normalized values (:func:`score`): strings compared case- and
@@ -299,7 +301,7 @@ def normalize(value: Any) -> Any:
     """A comparable form: strings case-folded, spaces collapsed, end punctuation and a leading
     article cut; numbers as floats; lists sorted (multisets); dicts normalized key by key."""
     if isinstance(value, BaseModel):
-        value = value.model_dump()
+        value = value.model_dump(mode="json")  # dates and addresses as their JSON strings
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int | float):
@@ -343,3 +345,10 @@ def score(case: Case, parsed: Any) -> tuple[bool, float]:
         return False, 0.0
     hits = [same(normalize(v), got.get(k)) for k, v in case.expected.items()]
     return all(hits), sum(hits) / len(hits)
+
+
+# The pattern and format cases live in their own module; they are part of the suite, after
+# the 36 above (so a run's first cases, and --quick, stay what they were).
+from benchmarks.extraction.pattern_cases import PATTERN_CASES  # noqa: E402
+
+CASES.extend(PATTERN_CASES)

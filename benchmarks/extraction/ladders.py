@@ -16,6 +16,11 @@ ladder_sketch     the ladder as the issue sketches it (``Budget.ladder_sketch``)
                   attempts, constrained after K=1 failure, fallback after F=2, human at M=4,
                   every failed answer kept in the conversation
 ladder_fresh      the sketch's thresholds with ``escalation_history="fresh"``
+single_repair     one call (no re-ask) with ``repair_json=True``: the single shot plus the
+                  zero-call repair, so any difference from ``single_shot`` is the repair's
+feedback_repair   ``feedback_last`` with ``repair_json=True``: an answer that fails is first
+                  repaired with ``json-repair`` (no call) and validated again
+ladder_repair     ``ladder`` with ``repair_json=True``
 ================  =========================================================================
 
 Why ``fresh``: measured on SmolLM2 and Gemma 3 270M, an escalated attempt that still sees the
@@ -62,9 +67,9 @@ async def _retrylib(name: str, case: Case, target: Target, budget: Budget, confi
                        stage_reached=metrics.get("stage_reached"))
 
 
-def _feedback_config(budget: Budget, history: str) -> RetryConfig:
+def _feedback_config(budget: Budget, history: str, **extra: Any) -> RetryConfig:
     return RetryConfig(max_attempts=budget.reask_attempts, initial_delay=0.2, seed=budget.seed,
-                       feedback_history=history)
+                       feedback_history=history, **extra)
 
 
 async def feedback_full(case: Case, target: Target, budget: Budget) -> Record:
@@ -75,6 +80,18 @@ async def feedback_full(case: Case, target: Target, budget: Budget) -> Record:
 async def feedback_last(case: Case, target: Target, budget: Budget) -> Record:
     """Re-ask with the validation errors; only the latest failed answer is resent."""
     return await _retrylib("feedback_last", case, target, budget, _feedback_config(budget, "last"))
+
+
+async def single_repair(case: Case, target: Target, budget: Budget) -> Record:
+    """One call; an answer that fails is repaired with ``json-repair`` and validated again."""
+    return await _retrylib("single_repair", case, target, budget,
+                           RetryConfig(max_attempts=1, seed=budget.seed, repair_json=True))
+
+
+async def feedback_repair(case: Case, target: Target, budget: Budget) -> Record:
+    """``feedback_last`` with the zero-call JSON repair before each re-ask."""
+    return await _retrylib("feedback_repair", case, target, budget,
+                           _feedback_config(budget, "last", repair_json=True))
 
 
 def ladder_config(knobs: dict[str, Any], target: Target, seed: int) -> RetryConfig:
@@ -112,8 +129,10 @@ def _grounding(knobs: dict[str, Any], case: Case) -> tuple[Any, ...]:
     return (Soft(check),) if kind == "soft" else (check,)
 
 
-async def _ladder(name: str, knobs: dict[str, Any], case: Case, target: Target, budget: Budget) -> Record:
-    return await _retrylib(name, case, target, budget, ladder_config(knobs, target, budget.seed),
+async def _ladder(name: str, knobs: dict[str, Any], case: Case, target: Target, budget: Budget,
+                  **extra: Any) -> Record:
+    config = ladder_config(knobs, target, budget.seed)
+    return await _retrylib(name, case, target, budget, config.model_copy(update=extra) if extra else config,
                            _grounding(knobs, case))
 
 
@@ -136,3 +155,8 @@ async def ladder_fresh(case: Case, target: Target, budget: Budget) -> Record:
     """The sketch's thresholds, escalated stages started fresh."""
     return await _ladder("ladder_fresh", {**budget.ladder_sketch, "escalation": "fresh"},
                          case, target, budget)
+
+
+async def ladder_repair(case: Case, target: Target, budget: Budget) -> Record:
+    """``ladder`` with the zero-call JSON repair before each re-ask."""
+    return await _ladder("ladder_repair", budget.ladder, case, target, budget, repair_json=True)

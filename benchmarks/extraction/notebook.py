@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pandas as pd
+
 from benchmarks.extraction.run import QUICK_STRATEGIES, quick_budget
 from benchmarks.extraction.strategies import Budget
 
@@ -50,3 +52,31 @@ def settings(*, model: str, api_base: str | None, quick: bool, seed: int, models
 def ladders(strategies: list[str]) -> list[str]:
     """The retrylib ladder variants among ``strategies`` (judged by the done-when checks)."""
     return [s for s in strategies if s.startswith("ladder")]
+
+
+# Each strategy with repair_json=True, and the same strategy without it.
+REPAIR_PAIRS = {"single_repair": "single_shot", "feedback_repair": "feedback_last", "ladder_repair": "ladder"}
+
+
+def repair_effect(records: pd.DataFrame) -> pd.DataFrame:
+    """Per model and repaired strategy present beside its plain one: the cases both ran, how
+    many the repair turned valid (``fixed``) and valid-to-invalid (``broken``), the same for
+    correct, and both strategies' tokens."""
+    rows = []
+    for model in dict.fromkeys(records["model"]):
+        mine = records[records["model"] == model]
+        for repaired, plain in REPAIR_PAIRS.items():
+            a = mine[mine["strategy"] == plain].set_index("case")
+            b = mine[mine["strategy"] == repaired].set_index("case")
+            both = a.index.intersection(b.index)
+            if not len(both):
+                continue
+            a, b = a.loc[both], b.loc[both]
+            rows.append({"model": model, "strategy": repaired, "against": plain, "cases": len(both),
+                         "valid_without": int(a["valid"].sum()), "valid_with": int(b["valid"].sum()),
+                         "fixed": int((~a["valid"] & b["valid"]).sum()), "broken": int((a["valid"] & ~b["valid"]).sum()),
+                         "correct_fixed": int((~a["correct"] & b["correct"]).sum()),
+                         "correct_broken": int((a["correct"] & ~b["correct"]).sum()),
+                         "tokens_without": int((a["prompt_tokens"] + a["completion_tokens"]).sum()),
+                         "tokens_with": int((b["prompt_tokens"] + b["completion_tokens"]).sum())})
+    return pd.DataFrame(rows)

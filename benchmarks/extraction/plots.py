@@ -51,6 +51,34 @@ def success_vs_attempts(summary: pd.DataFrame) -> Any:
     return _success_vs(summary, "mean_attempts", "mean attempts per case", False)
 
 
+def pattern_split(by_kind: pd.DataFrame) -> Any:
+    """Valid % per strategy on the pattern cases beside the other cases, one panel per model.
+
+    Args:
+        by_kind: one row per (``model``, ``strategy``, ``pattern``) with ``valid_pct``.
+    """
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(by_kind["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = by_kind[by_kind["model"] == model]
+        names = list(dict.fromkeys(rows["strategy"]))
+        for offset, flag, label, colour in ((-0.2, False, "other cases", "tab:gray"),
+                                            (0.2, True, "pattern / format cases", "tab:blue")):
+            part = rows[rows["pattern"] == flag].set_index("strategy")
+            ax.bar([i + offset for i in range(len(names))],
+                   [float(part["valid_pct"].get(n, 0.0)) for n in names], width=0.38,
+                   label=label, color=colour)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("valid %")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_plots(summary: pd.DataFrame, folder: str | Path, stem: str = "extraction") -> list[Path]:
     """Write both plots as PNG into ``folder``; returns the paths."""
     import matplotlib.pyplot as plt

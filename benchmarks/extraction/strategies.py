@@ -28,10 +28,13 @@ from benchmarks.extraction.cases import Case, messages_for
 from benchmarks.extraction.ladders import (
     feedback_full,
     feedback_last,
+    feedback_repair,
     ladder,
     ladder_fresh,
+    ladder_repair,
     ladder_schema,
     ladder_sketch,
+    single_repair,
 )
 from benchmarks.extraction.records import (
     Budget,
@@ -167,4 +170,7 @@ STRATEGIES: dict[str, Strategy] = {
     "ladder_schema": ladder_schema,
     "ladder_sketch": ladder_sketch,
     "ladder_fresh": ladder_fresh,
+    "single_repair": single_repair,
+    "feedback_repair": feedback_repair,
+    "ladder_repair": ladder_repair,
 }
