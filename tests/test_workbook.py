@@ -256,3 +256,26 @@ def test_check_params_names_the_bad_parameter(kwargs, message):
     """A value that breaks its rule is a ConfigError naming the parameter and the value."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_params(**kwargs)
+
+
+def test_tool_stage_rows_say_what_ran_and_whether_a_later_request_carried_it():
+    """Notebook 02's tool-stage table: one row per tool call, ``ran`` only for a call that
+    parsed and took time, and ``result_in_next_request`` only when a later request body holds
+    the result in a ``Tool results:`` user message (the prompt's own words do not count)."""
+    from retrylib.result import Attempt
+    from workbook.experiments.tool_stage import attempt_rows, result_sent
+
+    call = {"round": 1, "name": "run_python", "arguments": {"code": "print(1/0)"}, "raw_arguments": "",
+            "text": "ZeroDivisionError: division by zero\n", "is_error": True, "duration": 0.05}
+    unparsed = {**call, "arguments": None, "raw_arguments": "{bad", "text": "not run", "duration": 0.0}
+    attempts = [Attempt(1, 0.0, 1.0, "validation_failed", validation_errors=("wrong",)),
+                Attempt(2, 1.0, 2.0, "ok", stage="tool", tool_calls=(call, unparsed))]
+    asked = {"messages": [{"role": "user", "content": "ZeroDivisionError: division by zero"}]}
+    answered = {"messages": [{"role": "user", "content": "Tool results:\n\n[1] run_python -> ERROR:\n"
+                              "```\nZeroDivisionError: division by zero\n```"}]}
+    assert not result_sent(call["text"], [{"body": asked}])
+    assert result_sent(call["text"], [{"body": asked}, {"body": answered}])
+    rows = attempt_rows(attempts, [{"body": asked}, {"body": answered}], "t")
+    assert rows.attempt.tolist() == [1, 2, 2] and rows.stage.tolist() == ["normal", "tool", "tool"]
+    assert rows.ran.tolist() == [False, True, False] and rows.passed.tolist() == [False, True, True]
+    assert rows.result_in_next_request.tolist() == [None, True, False]
