@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from processes import assert_all_gone
+from processes import assert_all_gone, descendants
 
 from retrylib import ConfigError, make_call
 from retrylib.testing import ScriptedCall, reply
@@ -28,18 +28,6 @@ from retrylib.tools.rounds import FINAL_ASK, parse_arguments, tool_calls_of, une
 
 pytestmark = pytest.mark.timeout(300)
 TASK = [{"role": "user", "content": "Write a function `add(a, b)`. Reply with one ```python block."}]
-
-
-def descendants() -> list[psutil.Process]:
-    """Live processes this test process started."""
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            continue
-    return out
 
 
 def mcp_processes(before: set[int]) -> list[psutil.Process]:
