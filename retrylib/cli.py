@@ -7,7 +7,7 @@
                    [--backlog N]
     retrylib call CONFIG.yaml            # llm_call on a declarative config; prints the attempts
     retrylib review list|show ID|resolve ID --answer FILE|approve ID|reject ID --reason TEXT
-                    |retry ID --guidance TEXT [--store PATH] [--by NAME]   # the review queue
+                    |retry ID --guidance TEXT|resume ID [--store PATH] [--by NAME]  # the review queue
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,13 +76,25 @@ def _call(args: argparse.Namespace) -> int:
     try:
         result = llm_call_sync(path)
     except RetryError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        if exc.attempts:
-            print(_table(exc.attempts), file=sys.stderr)
-        return 2
+        return _failed(exc)
+    return _answered(result)
+
+
+def _answered(result: Any) -> int:
+    """A call's result on stdout: its attempts as a table, then content and metrics as JSON."""
     print(_table(result.attempts))
     print(json.dumps({"content": result.content, "metrics": result.metrics}, indent=2, default=str))
     return 0
+
+
+def _failed(exc: Any) -> int:
+    """A call that ended without an answer: the error and its attempts on stderr; exit 2."""
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    if getattr(exc, "case_id", None):
+        print(f"review case: {exc.case_id}", file=sys.stderr)
+    if exc.attempts:
+        print(_table(exc.attempts), file=sys.stderr)
+    return 2
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -96,6 +109,8 @@ def _review(args: argparse.Namespace) -> int:
         if args.action == "show":
             print(case_detail(store.get(args.id), full=args.full))
             return 0
+        if args.action == "resume":
+            return _resume(store, args)
         if args.action == "resolve":
             text = sys.stdin.read() if args.answer == "-" else _read(args.answer)
             case = resolve(store, args.id, text, reviewer=args.by, check=not args.no_check)
@@ -112,6 +127,23 @@ def _review(args: argparse.Namespace) -> int:
     print(f"case {case.id} is {case.status} (by {last['by']}); the call continues with "
           f"retrylib.review.resume({case.id!r}, store={store.location!r}, ...)")
     return 0
+
+
+def _resume(store: Any, args: argparse.Namespace) -> int:
+    """Continue a decided case's call (``retrylib.review.resume``), its route rebuilt from the
+    case: a resolved or approved case sends nothing; a retried one re-asks the model."""
+    import asyncio
+
+    from retrylib.errors import RetryError
+    from retrylib.review import resume
+
+    kwargs = {"api_base": args.api_base} if args.api_base else {}
+    try:
+        result = asyncio.run(resume(args.id, store=store, reviewer=args.by, force=args.force,
+                                    **kwargs))
+    except RetryError as exc:
+        return _failed(exc)
+    return _answered(result)
 
 
 def _read(path: str) -> str:
@@ -202,7 +234,13 @@ def _review_parser(sub: argparse._SubParsersAction) -> None:
     rt.add_argument("--guidance", required=True, help="what the model is told in the re-ask")
     rt.add_argument("--attempts", type=int, default=None,
                     help="how many more attempts (default: the call's max_attempts_before_human)")
-    for p in (sh, rs, ap, rj, rt):
+    ru = acts.add_parser("resume", parents=[common],
+                         help="continue a decided case's call and print its result")
+    ru.add_argument("--force", action="store_true",
+                    help="take over a case left 'resuming' by a process that died")
+    ru.add_argument("--api-base", default=None,
+                    help="send a retried call here instead of the recorded api_base")
+    for p in (sh, rs, ap, rj, rt, ru):
         p.add_argument("id", help="the case id (HumanReviewNeededError.case_id)")
     r.set_defaults(func=_review)
 

@@ -128,13 +128,10 @@ def _error(loop: _Loop, d: Decision) -> RetryError:
     if d.reason == "max_attempts" and c.human_when_exhausted and c.max_attempts_before_human is not None:
         return _human_on_exhaustion(loop)
     if d.reason == "human":
-        m = c.max_attempts_before_human
-        return HumanReviewNeededError(
-            f"{loop.failures} answers failed validation (max_attempts_before_human={m}); "
-            f"last errors: {'; '.join(loop.last_errors)[:300]}",
-            attempts=attempts, messages=loop.last_messages, last_response=loop.last_response,
-            last_text=loop.last_text, validation_errors=loop.last_errors, config=c.model_dump(),
-            last_error=last)
+        return _human(loop, f"{loop.failures} answers failed validation (max_attempts_before_human="
+                             f"{c.max_attempts_before_human}); last errors: "
+                             f"{'; '.join(loop.last_errors)[:300]}",
+                      loop.last_text, loop.last_errors)
     if d.reason == "non_retryable":
         v, exc = loop.last_verdict, loop.last_exc
         assert v is not None and exc is not None
@@ -169,19 +166,24 @@ def _error(loop: _Loop, d: Decision) -> RetryError:
 def _human_on_exhaustion(loop: _Loop) -> HumanReviewNeededError:
     """The attempts ran out before M failed validations (``human_when_exhausted``): a human
     gets the case, with the last failed answer (if any) and the last transport error."""
-    c, attempts = loop.config, list(loop.attempts)
+    attempts = loop.attempts
     last = next((a for a in reversed(attempts) if a.outcome == "validation_failed"), None)
     why = ("; ".join(loop.last_errors) if attempts[-1].outcome == "validation_failed"
            else str((loop.last_error or {}).get("message", "")))
     loop.reached = loop.ladder.index_of("human")
+    return _human(loop, f"Human review required after {len(attempts)} failed attempts "
+                        f"(max_attempts_before_human is {loop.config.max_attempts_before_human}); "
+                        f"last: all {loop.policy.max_attempts} attempts failed; last: {why[:300]}",
+                  last.text if last else None, list(last.validation_errors) if last else [])
+
+
+def _human(loop: _Loop, message: str, last_text: str | None,
+           errors: list[str]) -> HumanReviewNeededError:
+    """The hand-over to a human: the conversation so far, the last answer and its errors."""
     return HumanReviewNeededError(
-        f"Human review required after {len(attempts)} failed attempts (max_attempts_before_human "
-        f"is {c.max_attempts_before_human}); last: all {loop.policy.max_attempts} attempts failed; "
-        f"last: {why[:300]}",
-        attempts=attempts, messages=loop.last_messages, last_response=loop.last_response,
-        last_text=last.text if last else None,
-        validation_errors=list(last.validation_errors) if last else [], config=c.model_dump(),
-        last_error=loop.last_error)
+        message, attempts=list(loop.attempts), messages=loop.last_messages,
+        last_response=loop.last_response, last_text=last_text, validation_errors=errors,
+        config=loop.config.model_dump(), last_error=loop.last_error)
 
 
 def _policy(config: RetryConfig, first: int) -> Policy:

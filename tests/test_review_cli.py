@@ -7,6 +7,7 @@ capsys); one test runs the installed console script as a real process, as a revi
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,32 @@ def test_console_script_as_a_real_process(db):
     out = subprocess.run([*cmd, "review", "show", cid, "--store", db], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "Validation errors of the last answer" in out.stdout
+
+
+async def test_resume_prints_the_result_of_a_decided_case(db, capsys):
+    """resume ID continues a resolved case from the store alone (nothing is sent) and prints
+    the attempts and the answer; resuming it again is refused (exit 2, the case is closed)."""
+    cid = await new_case(db)
+    case_answer = Path(db).with_name("answer.json")
+    case_answer.write_text(GOOD)
+    assert run(capsys, "review", "resolve", cid, "--answer", str(case_answer), "--store", db)[0] == 0
+    code, out, err = await asyncio.to_thread(run, capsys, "review", "resume", cid, "--store", db,
+                                             "--by", "carol")
+    assert code == 0, err
+    table, payload = out.split("\n{", 1)
+    assert json.loads("{" + payload)["content"] == GOOD
+    rows = table.splitlines()
+    assert rows[0].split()[:3] == ["number", "stage", "outcome"] and rows[-1].split()[:3] == ["3", "human", "ok"]
+    assert SQLiteReviewStore(db).get(cid).status == "closed"
+    code, _, err = await asyncio.to_thread(run, capsys, "review", "resume", cid, "--store", db)
+    assert code == 2 and cid in err and "closed" in err
+
+
+async def test_resume_of_a_call_the_store_cannot_rebuild_names_the_fix(db, capsys):
+    """A retried case made with a custom call (a ScriptedCall) cannot be resumed from the
+    command line: exit 2, and the message says to pass call= in Python."""
+    cid = await new_case(db)
+    assert run(capsys, "review", "retry", cid, "--guidance", "Use the key name.", "--store", db)[0] == 0
+    code, _, err = await asyncio.to_thread(run, capsys, "review", "resume", cid, "--store", db)
+    assert code == 2 and "pass call= to resume it" in err and cid in err
+    assert SQLiteReviewStore(db).get(cid).status == "retry"  # nothing was taken over

@@ -8,6 +8,10 @@ and resumed. The proxy's journal is what went over the wire: no request is ever 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +86,26 @@ async def test_real_model_case_approved_and_rejected(chaos, local_model, tmp_pat
     with pytest.raises(CaseStateError):
         await resume(other.case_id, store=str(tmp_path / "other.db"))
     assert len(chaos.journal()) == 2
+
+
+async def test_real_model_case_retried_and_resumed_from_the_command_line(chaos, local_model,
+                                                                         tmp_path):
+    """The reviewer's whole path as commands, as a real process: ``review retry`` then
+    ``review resume``, which rebuilds the route from the case and sends one new request."""
+    db = str(tmp_path / "review.db")
+    chaos.set_plan(["pass", "pass", "reply:ZQX-000000002"])
+    exc = await reach_human(chaos, local_model, db)
+    exe = shutil.which("retrylib", path=str(Path(sys.executable).parent)) or shutil.which("retrylib")
+    cmd = [exe] if exe else [sys.executable, "-m", "retrylib.cli"]
+    done = subprocess.run([*cmd, "review", "retry", exc.case_id, "--guidance",
+                           "The code is ZQX-000000002.", "--attempts", "1", "--store", db],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*cmd, "review", "resume", exc.case_id, "--store", db, "--by", "ops"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout[done.stdout.index("\n{") + 1:])["content"] == "ZQX-000000002"
+    sent = bodies(chaos)
+    assert len(sent) == 3 and len(set(sent)) == 3
+    assert "The code is ZQX-000000002." in chaos.journal()[2]["body"]["messages"][-1]["content"]
+    assert SQLiteReviewStore(db).get(exc.case_id).status == "closed"

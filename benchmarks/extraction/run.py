@@ -29,6 +29,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import httpx
 import pandas as pd
 
 from benchmarks.extraction.cases import CASES, Case
@@ -45,6 +46,14 @@ from retrylib.manager import run_sync  # asyncio.run, or a thread inside Jupyter
 from retrylib.testing.local import LocalModelServer
 
 QUICK_STRATEGIES = ("single_shot", "constrained", "ladder")
+
+
+def _answers(api_base: str) -> bool:
+    """Whether the OpenAI-compatible server at ``api_base`` answers ``GET /models`` now."""
+    try:
+        return httpx.get(f"{api_base.rstrip('/')}/models", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class Servers:
@@ -76,11 +85,26 @@ class Servers:
     def api_base(self, name: str) -> str:
         return self.reuse[name] if name in self.reuse else self.own[name].api_base
 
-    def ensure(self) -> list[str]:
-        """Restart any server of ours that died (same port); returns the names restarted."""
-        dead = [n for n, s in self.own.items() if not s.alive()]
-        for n in dead:
-            self.own[n].start()
+    def ensure(self, settle: float = 15.0) -> list[str]:
+        """Restart any server of ours that died (same port); returns the names restarted.
+
+        A server that crashed on the last request can still be exiting when that request has
+        already failed (a grammar that llama.cpp segfaults on drops the connection first).
+        So a server that does not answer a health probe is given up to ``settle`` seconds to
+        exit or answer, and is restarted if it does neither: the next strategy's request
+        must never land on the previous strategy's dying server.
+        """
+        dead = []
+        for n, s in self.own.items():
+            if s.alive() and not _answers(s.api_base):
+                until = time.monotonic() + settle
+                while s.alive() and time.monotonic() < until and not _answers(s.api_base):
+                    time.sleep(0.2)
+                if s.alive() and not _answers(s.api_base):
+                    s.stop()  # up but not answering: a hung server is restarted too
+            if not s.alive():
+                s.start()
+                dead.append(n)
         return dead
 
     def target(self, name: str, fallback: str | None = None) -> Target:
