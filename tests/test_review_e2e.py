@@ -7,6 +7,7 @@ and resumed. The proxy's journal is what went over the wire: no request is ever 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -97,12 +98,14 @@ async def test_real_model_case_retried_and_resumed_from_the_command_line(chaos, 
     exc = await reach_human(chaos, local_model, db)
     exe = shutil.which("retrylib", path=str(Path(sys.executable).parent)) or shutil.which("retrylib")
     cmd = [exe] if exe else [sys.executable, "-m", "retrylib.cli"]
-    done = subprocess.run([*cmd, "review", "retry", exc.case_id, "--guidance",
-                           "The code is ZQX-000000002.", "--attempts", "1", "--store", db],
-                          capture_output=True, text=True, timeout=120)
+    done = await asyncio.to_thread(
+        subprocess.run, [*cmd, "review", "retry", exc.case_id, "--guidance",
+                         "The code is ZQX-000000002.", "--attempts", "1", "--store", db],
+        capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    done = subprocess.run([*cmd, "review", "resume", exc.case_id, "--store", db, "--by", "ops"],
-                          capture_output=True, text=True, timeout=300)
+    done = await asyncio.to_thread(
+        subprocess.run, [*cmd, "review", "resume", exc.case_id, "--store", db, "--by", "ops"],
+        capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout[done.stdout.index("\n{") + 1:])["content"] == "ZQX-000000002"
     sent = bodies(chaos)
