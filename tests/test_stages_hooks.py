@@ -11,6 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from retrylib import (
     AttemptDetails,
@@ -25,7 +26,7 @@ from retrylib import (
 from retrylib import validators as V
 from retrylib.classify import Classification
 from retrylib.hooks import install, installed
-from retrylib.otel import OtelHook
+from retrylib.otel import OtelHook, provider_name
 from retrylib.testing import Delay, ScriptedCall, http_error, reply, set_testing
 from retrylib.validators.base import ValidationResult
 
@@ -184,7 +185,8 @@ async def test_memory_tracing_survives_overlapping_calls():
 
 
 async def test_otel_span_tree_of_a_three_attempt_call():
-    """1 call span and 3 attempt spans under it, with GenAI and retrylib attributes."""
+    """1 call span and 3 attempt spans under it, CLIENT spans with GenAI and retrylib
+    attributes."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -207,9 +209,22 @@ async def test_otel_span_tree_of_a_three_attempt_call():
     assert a2["retrylib.validation.error_count"] == 1 and a2["gen_ai.usage.input_tokens"] == 11
     assert a3["gen_ai.response.finish_reasons"] == ("stop",) and a3["gen_ai.usage.output_tokens"] == 2
     assert a2["retrylib.delay.scheduled"] == pytest.approx(0.01)
+    assert a2["retrylib.delay.slept"] >= 0.009 and a1["retrylib.delay.slept"] == 0
+    assert a3["retrylib.delay.slept"] == 0  # the re-ask after a failed answer does not wait
     assert a1["gen_ai.request.model"] == "openai/m" and a3["retrylib.stage"] == "normal"
+    assert all(s.kind == SpanKind.CLIENT for s in spans)
+    assert all(s.attributes["gen_ai.provider.name"] == "openai" for s in spans)
     assert all(s.start_time <= s.end_time for s in attempts)
     assert attempts[0].start_time >= root.start_time and attempts[-1].end_time <= root.end_time
+
+
+@pytest.mark.parametrize("model,provider", [
+    ("openai/smollm2", "openai"), ("proxy/smollm2", "openai"), ("vertex_ai/gemini-2.0", "gcp.vertex_ai"),
+    ("bedrock/anthropic.claude-3", "aws.bedrock"), ("ollama/llama3", "ollama"), ("gpt-4o", None),
+    (None, None)])
+def test_otel_provider_name_from_the_model_prefix(model, provider):
+    """gen_ai.provider.name: the litellm prefix as the GenAI conventions name it."""
+    assert provider_name(model) == provider
 
 
 async def test_otel_marks_a_failed_call():
