@@ -108,6 +108,16 @@ def test_outage_moves_on_when_a_model_is_left():
     assert decide(State(2, 0, 0, 2, False), Outcome(TRANSPORT), p, planned=1.0).action == RETRY
 
 
+def test_a_stage_forced_on_is_never_left():
+    """After an outage moved the call on (stage 2 with no failed answer yet), an invalid
+    answer re-asks on that stage, not on the stage its failure count alone would reach."""
+    assert LADDER.stage_for(1) == 1
+    assert decide(State(2, 0, 2), Outcome(INVALID), LADDER)[:4] == (REASK, 0.0, 1, 2)
+    # and it still escalates once the failures reach a later stage
+    d = decide(State(5, 3, 2), Outcome(INVALID), LADDER)
+    assert (d.action, d.reason, d.stage) == (RAISE, "human", 3)
+
+
 outcomes = st.builds(Outcome, st.sampled_from([OK, INVALID, TRANSPORT, REJECTED]), st.booleans(),
                      st.none() | st.floats(0, 100), st.booleans(),
                      st.none() | st.sampled_from(["deadline", "validator_error"]))
