@@ -52,6 +52,7 @@ from retrylib.validators.base import (
     ValidationContext,
     ValidationResult,
     Validator,
+    is_async,
     run_validator,
     validator_name,
 )
@@ -62,13 +63,6 @@ if TYPE_CHECKING:
 
 _CUT_OFF = ("Your previous answer was cut off at the token limit before it was complete: "
             "give a shorter answer that fits.")
-
-
-def is_async(fn: Any) -> bool:
-    """Whether calling ``fn`` gives an awaitable (an ``async def`` function or ``__call__``)."""
-    dunder = None if inspect.isfunction(fn) else next(
-        (k.__dict__["__call__"] for k in type(fn).__mro__ if "__call__" in k.__dict__), None)
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(dunder)
 
 
 class ValidatorCrash(Exception):
@@ -388,10 +382,11 @@ class _Loop:
             aw: Any = run_tool_rounds(self.call, req.messages, req.kwargs, req.tools,
                                       max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout,
                                       on_request=self.tool_request, force_tool=force)
-        elif self.sync_call:
+        elif self.sync_call:  # a plain function; it may still return an awaitable
             if bound is None:
-                return self.call(messages=req.messages, **req.kwargs)
-            aw = asyncio.to_thread(self.call, messages=req.messages, **req.kwargs)
+                out = self.call(messages=req.messages, **req.kwargs)
+                return await out if inspect.isawaitable(out) else out
+            aw = _in_thread(self.call, req.messages, req.kwargs)
         else:
             aw = self.call(messages=req.messages, **req.kwargs)
             if not inspect.isawaitable(aw):
@@ -450,18 +445,17 @@ class _Loop:
         v = self.validator
         if v is None:
             return ValidationResult.ok()
-        ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
-                                max_depth=self.config.max_validator_depth, budget=self.budget)
         left = self.remaining()
+        # Under a deadline, a plain (blocking) validate runs in a worker thread, at any depth.
+        ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
+                                max_depth=self.config.max_validator_depth, budget=self.budget,
+                                bounded=left is not None)
         try:
             if left is None:
                 r = await run_validator(v, text, ctx)
             else:
                 async with asyncio.timeout(max(left, 0.0)):
-                    if is_async(v.validate):
-                        r = await run_validator(v, text, ctx)
-                    else:  # a plain validate blocks: bound it from a worker thread
-                        r = await asyncio.to_thread(_run_sync_validator, v, text, ctx)
+                    r = await run_validator(v, text, ctx)
         except TimeoutError:
             return _TIMED_OUT
         except asyncio.CancelledError:
@@ -639,8 +633,12 @@ class _Loop:
         self.subresults = [SimpleNamespace(metrics=dict(state.get("validator_metrics") or {}))]
 
 
-def _run_sync_validator(v: Any, text: str, ctx: ValidationContext) -> ValidationResult:
-    return asyncio.run(run_validator(v, text, ctx))
+async def _in_thread(call: Callable[..., Any], messages: list[dict[str, Any]],
+                     kwargs: dict[str, Any]) -> Any:
+    """A plain call run in a worker thread (so a bound can hold over it); an awaitable it
+    returns is awaited here."""
+    out = await asyncio.to_thread(call, messages=messages, **kwargs)
+    return await out if inspect.isawaitable(out) else out
 
 
 _TIMED_OUT = ValidationResult(False, ("the deadline passed while the answer was being validated",))

@@ -5,6 +5,12 @@ clients made on that loop (the proxy route's and litellm's) are closed as it end
 (:func:`retrylib.pool.close_loop_clients`), so a script that makes thousands of sync
 calls holds no socket per call: measured, 40 calls left 40 sockets open before, 0 now, on
 both routes (``tests/test_sync.py``).
+
+A blocking call or validator that a deadline gave up on runs on in its worker thread (a
+thread cannot be stopped). The sync call returns at the deadline all the same: its loop's
+worker threads are not joined when the loop ends (asyncio's own ``Runner`` would wait for
+them). Such a thread runs on until its function returns; the interpreter waits for it at
+exit.
 """
 
 from __future__ import annotations
@@ -54,7 +60,16 @@ def _run(awaitable: Awaitable[T]) -> T:
 
     coro: Coroutine[Any, Any, T] = main()
     with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(_UnjoinedExecutor(thread_name_prefix="retrylib"))
         return runner.run(coro)
+
+
+class _UnjoinedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The sync loop's worker threads: shut down without waiting for a thread that a deadline
+    gave up on (``asyncio.Runner.close`` would join it, and the call would end late)."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
 
 
 def retry_with_validation_sync(*args: Any, **kwargs: Any) -> RetryResult:

@@ -85,6 +85,55 @@ async def test_deadline_bounds_a_blocking_sync_call():
     assert info.value.attempts[0].error_type == "TimeoutError"
 
 
+async def test_deadline_bounds_a_blocking_validator_inside_all_of():
+    """A blocking sync validate beside another validator (run by AllOf) is bounded too: it
+    used to block the event loop, and the valid answer came back 0.5 s past the deadline."""
+
+    class Blocking15:
+        name = "blocking_1_5"
+
+        def validate(self, text, context):
+            time.sleep(1.5)
+            return ValidationResult.ok()
+
+    t = time.monotonic()
+    with pytest.raises(RetryExhaustedError) as info:
+        await retry_with_validation(ScriptedCall(["ok"]), PROMPT,
+                                    [V.RegexMatch(r"ok"), Blocking15()], cfg(deadline=1.0))
+    assert time.monotonic() - t < 1.0 + 0.3  # the old code ended at 1.5 s, with "ok"
+    assert info.value.reason == "deadline"
+
+
+def test_the_sync_entry_point_returns_at_the_deadline_over_a_stuck_call():
+    """retry_with_validation_sync does not wait for the worker thread a deadline gave up on
+    (asyncio.Runner joins its executor on close: the call returned at 2.0 s, not 1.0 s)."""
+    from retrylib import retry_with_validation_sync
+
+    def blocking(messages, **kw):
+        time.sleep(2.5)
+        return "late"
+
+    t = time.monotonic()
+    with pytest.raises(RetryExhaustedError) as info:
+        retry_with_validation_sync(blocking, PROMPT, None, cfg(deadline=1.0))
+    assert time.monotonic() - t < 1.0 + 0.8
+    assert info.value.reason == "deadline"
+
+
+@pytest.mark.parametrize("deadline", [None, 5.0])
+async def test_a_plain_function_that_returns_an_awaitable_is_awaited(deadline):
+    """``lambda messages, **kw: async_fn(...)`` is a plain function whose result is a
+    coroutine: it is awaited, with and without a bound (it was taken for the response)."""
+
+    async def answer(messages, **kw):
+        await asyncio.sleep(0)
+        return "ok"
+
+    r = await retry_with_validation(lambda messages, **kw: answer(messages, **kw), PROMPT,
+                                    [V.RegexMatch(r"^ok$")], cfg(deadline=deadline))
+    assert r.content == "ok" and len(r.attempts) == 1
+
+
 async def test_a_sync_call_without_bounds_runs_inline():
     """No deadline, no timeout: a plain call function is called directly (no thread)."""
     import threading

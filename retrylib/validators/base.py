@@ -10,6 +10,7 @@ keeps the attempts made so far.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -61,6 +62,10 @@ class ValidationContext:
             their API calls and tokens to the outer call's metrics.
         budget: the outer call's ``RetryBudget`` (or ``None``): a validator that makes calls
             (``LLMJudge``) draws on it, since its calls are extra requests of the call.
+        bounded: a deadline holds over this validation. :func:`run_validator` then runs a
+            plain (blocking) ``validate`` in a worker thread, at any depth (``AllOf``'s
+            children too), so the loop can give up on it in time. The thread cannot be
+            stopped: it runs on after the call has ended.
     """
 
     attempt: int = 1
@@ -69,6 +74,14 @@ class ValidationContext:
     max_depth: int = 2
     subresults: list[Any] = field(default_factory=list)
     budget: Any = None
+    bounded: bool = False
+
+
+def is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` gives an awaitable (an ``async def`` function or ``__call__``)."""
+    dunder = None if inspect.isfunction(fn) else next(
+        (k.__dict__["__call__"] for k in type(fn).__mro__ if "__call__" in k.__dict__), None)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(dunder)
 
 
 @runtime_checkable
@@ -91,7 +104,10 @@ async def run_validator(v: Any, text: str, context: ValidationContext) -> Valida
         TypeError: the validator returned something else (the loop reports it as
             ``ValidatorError``).
     """
-    r = v.validate(text, context)
+    if context.bounded and not is_async(v.validate):
+        r = await asyncio.to_thread(v.validate, text, context)  # a blocking validate
+    else:
+        r = v.validate(text, context)
     if type(r) is not ValidationResult and inspect.isawaitable(r):
         r = await r
     if type(r) is ValidationResult or isinstance(r, ValidationResult):
