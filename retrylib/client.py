@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
@@ -79,6 +80,23 @@ def check_api_base(api_base: Any, model: str) -> None:
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"api_base must be an http:// or https:// URL with a host, such as "
                           f"http://127.0.0.1:8080/v1; got {api_base!r} (model {model})")
+
+
+def check_timeout(timeout: Any, model: str) -> None:
+    """Refuse a request ``timeout`` that is not a finite number of seconds above 0.
+
+    ``inf`` used to reach the transport, where litellm's ``OverflowError`` came back as a
+    retried "Connection error" with no request sent. An ``httpx.Timeout`` passes as it is.
+
+    Raises:
+        ConfigError: naming the value and the model.
+    """
+    if timeout is None or isinstance(timeout, httpx.Timeout):
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"timeout must be a finite number of seconds > 0 (or an httpx.Timeout), "
+                          f"got {timeout!r} (model {model})")
 
 
 def _proxy_base(api_base: str | None, model: str) -> str:
@@ -219,6 +237,7 @@ class ModelCall:
         if not model or not isinstance(model, str):
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
         check_api_base(defaults.get("api_base"), model)
+        check_timeout(defaults.get("timeout"), model)
         if is_proxy_model(model):
             _proxy_base(defaults.get("api_base"), model)
         self.model = model
@@ -230,6 +249,8 @@ class ModelCall:
 
     async def __call__(self, messages: list[dict[str, Any]], **kw: Any) -> Any:
         req = {"model": self.model, **self.defaults, **kw}
+        if "timeout" in kw:
+            check_timeout(kw["timeout"], req["model"])
         response = await acompletion(messages, store=False, **req)
         if not is_proxy_model(req["model"]) and _cache() is not None:
             self._pending[id(messages)] = (response, litellm_request(messages, **req))

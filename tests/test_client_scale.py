@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 
 import httpx
 import pytest
@@ -179,3 +180,22 @@ def test_a_bad_proxy_url_in_the_environment_is_named(monkeypatch):
     monkeypatch.setenv(PROXY_URL_ENV, "localhost:1/v1")
     with pytest.raises(ConfigError, match="localhost:1/v1"):
         make_call("proxy/m")
+
+
+@pytest.mark.parametrize("timeout", [math.inf, float("nan"), 0, -1, "5", True])
+@pytest.mark.parametrize("model", ["proxy/m", "openai/m"])
+def test_a_timeout_that_is_not_finite_is_a_config_error_at_make_call(model, timeout):
+    """make_call(timeout=inf) is refused at once (it became a retried "Connection error")."""
+    with pytest.raises(ConfigError, match="timeout") as info:
+        make_call(model, api_base="http://127.0.0.1:1/v1", timeout=timeout)
+    assert model in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["proxy/m", "openai/m"])
+async def test_a_per_call_timeout_of_inf_ends_the_call_with_config_error(chaos_free, model):
+    """timeout=inf given per call: ConfigError after one attempt, nothing on the wire."""
+    call = make_call(model, api_base=chaos_free.url)
+    with pytest.raises(ConfigError, match="timeout"):
+        await retry_with_validation(call, PROMPT, None, RetryConfig(max_attempts=3),
+                                    timeout=math.inf)
+    assert chaos_free.journal() == []
