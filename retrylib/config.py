@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from retrylib.stages import Ladder
 
 Jitter = Literal["none", "full", "equal", "decorrelated"]
-Stage = Literal["normal", "constrained", "fallback", "tool", "human"]
-STAGES: tuple[str, ...] = ("normal", "constrained", "fallback", "tool", "human")
 
 
 def _seconds(v: Any) -> Any:
@@ -117,7 +115,9 @@ class RetryConfig(BaseModel):
         feedback_history: ``full`` resends every failed answer; ``last`` only the latest.
         escalation_history: ``keep`` or ``fresh`` (see "What an escalated attempt sees").
         debug_mode: log each attempt with its delay, error and stage.
-        trace_memory: record the tracemalloc peak of the call in the metrics.
+        trace_memory: record tracemalloc's peak while the call ran in the metrics
+            (``process_traced_peak_bytes``). tracemalloc is process-wide, so the figure
+            includes every call running at the same time (``retrylib.hooks.MemoryHook``).
         max_validator_depth: how deep validators that call models (``LLMJudge``) may nest.
         review_store: the SQLite file where a call that reaches the human stage is queued
             for review (:mod:`retrylib.review`). ``None``: ``$RETRYLIB_REVIEW_STORE`` if set,
@@ -329,14 +329,16 @@ class RetryConfig(BaseModel):
         ]
 
     def ladder(self) -> list[tuple[str, int]]:
-        """The stages that are switched on, in order, with the failure count that starts each.
+        """The stages of the ladder, in order, with the failure count that starts each: the
+        built-ins the threshold fields switch on, and the entries of ``stages``.
 
         ``normal`` starts at 0 failures and is always first.
         """
-        return [("normal", 0)] + [(s, t) for s, t in self._thresholds() if t is not None]
+        lad = self.stage_ladder
+        return list(zip(lad.names, lad.thresholds, strict=True))
 
     def stage_for(self, failures: int) -> str:
-        """The stage of an attempt made after ``failures`` failed validations."""
+        """The name of the stage of an attempt made after ``failures`` failed validations."""
         return stage_at(self.ladder(), failures)
 
     @cached_property
@@ -344,7 +346,8 @@ class RetryConfig(BaseModel):
         """The ladder as stage objects: the built-ins switched on, plus ``stages``, in order."""
         from retrylib.stages import BUILT_IN, Ladder
 
-        entries = [(t, i, BUILT_IN[s]()) for i, (s, t) in enumerate(self.ladder())]
+        built = [("normal", 0)] + [(s, t) for s, t in self._thresholds() if t is not None]
+        entries = [(t, i, BUILT_IN[s]()) for i, (s, t) in enumerate(built)]
         entries += [(t, len(entries) + i, st) for i, (t, st) in enumerate(self.stages)]
         entries.sort(key=lambda e: (e[0], e[1]))
         return Ladder(tuple(t for t, _, _ in entries), tuple(st for _, _, st in entries))

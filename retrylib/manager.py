@@ -173,7 +173,7 @@ def _human_on_exhaustion(loop: _Loop) -> HumanReviewNeededError:
     loop.reached = loop.ladder.index_of("human")
     return _human(loop, f"Human review required after {len(attempts)} failed attempts "
                         f"(max_attempts_before_human is {loop.config.max_attempts_before_human}); "
-                        f"last: all {loop.policy.max_attempts} attempts failed; last: {why[:300]}",
+                        f"all {loop.policy.max_attempts} attempts failed; last: {why[:300]}",
                   last.text if last else None, list(last.validation_errors) if last else [])
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from retrylib.constrained import response_format_for
 
 if TYPE_CHECKING:
-    from retrylib.manager import _Loop
+    from retrylib.loop import _Loop
 
 
 @dataclass(slots=True)
@@ -151,7 +151,8 @@ BUILT_IN: dict[str, type[Stage]] = {"normal": Normal, "constrained": Constrained
 class Ladder:
     """The stages of a call, in order, each with the failure count that starts it.
 
-    Built once per config (``RetryConfig.stage_ladder()``); entry 0 is always ``Normal``.
+    Built once per config (the cached property ``RetryConfig.stage_ladder``); entry 0 is
+    always ``Normal``.
     """
 
     thresholds: tuple[int, ...]

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from retrylib import (
     AttemptDetails,
     ConfigError,
+    HumanReviewNeededError,
     MemoryHook,
     NonRetryableError,
     RetryConfig,
@@ -75,6 +76,15 @@ def test_thresholds_build_the_same_ladder_as_stage_objects():
     assert cfg.stage_ladder.names == ("normal", "constrained", "fallback", "tool", "human")
     assert cfg.stage_ladder.thresholds == (0, 1, 2, 3, 4)
     assert [s for s, _ in cfg.ladder()] == list(cfg.stage_ladder.names)
+
+
+def test_ladder_and_stage_for_include_the_stages_given():
+    """RetryConfig.ladder() and stage_for() read the whole ladder, ``stages=`` included."""
+    cfg = RetryConfig(max_attempts=5, max_attempts_before_constrained=1,
+                      max_attempts_before_human=4, stages=[(2, Cooler())])
+    assert cfg.ladder() == [("normal", 0), ("constrained", 1), ("cooler", 2), ("human", 4)]
+    assert [cfg.stage_for(f) for f in range(5)] == ["normal", "constrained", "cooler", "cooler",
+                                                    "human"]
 
 
 async def test_retry_on_decides_what_is_retried():
@@ -251,6 +261,18 @@ async def test_a_returned_soft_answer_is_accepted_into_the_cache():
     assert r.warnings and r.accepted_attempt == 2
     assert ("accept", 2) in call.verdicts and ("reject", 2) not in call.verdicts
     assert ("reject", 1) in call.verdicts
+
+
+async def test_a_hand_over_on_exhaustion_says_last_once():
+    """human_when_exhausted: the message names the last error once ("last:" not repeated)."""
+    call = ScriptedCall([http_error(503), http_error(503)])
+    cfg = fast(max_attempts=2, max_attempts_before_human=2, human_when_exhausted=True,
+               review_store=False)
+    with pytest.raises(HumanReviewNeededError) as info:
+        await retry_with_validation(call, PROMPT, [V.JsonObject()], cfg)
+    msg = str(info.value)
+    assert "after 2 failed attempts" in msg and "all 2 attempts failed; last: " in msg
+    assert msg.count("last:") == 1
 
 
 def test_model_validate_and_model_copy_cannot_bypass_config_errors():
