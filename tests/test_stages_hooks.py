@@ -263,6 +263,18 @@ async def test_a_returned_soft_answer_is_accepted_into_the_cache():
     assert ("reject", 1) in call.verdicts
 
 
+async def test_a_soft_answer_beats_a_later_non_retryable_error():
+    """A soft-only answer, then a 401: the answer (it passed every hard check) is returned
+    with its warnings and accepted, not NonRetryableError (the loop before the rewrite
+    raised)."""
+    call = ScriptedCall(['{"a": 1}', http_error(401), "never"])
+    r = await retry_with_validation(call, PROMPT, [V.JsonObject(), V.Soft(V.RegexMatch("zzz"))],
+                                    fast())
+    assert r.content == '{"a": 1}' and r.warnings and r.accepted_attempt == 1
+    assert [a.outcome for a in r.attempts] == ["validation_failed", "transport_error"]
+    assert call.calls == 2 and call.verdicts == [("accept", 1)]
+
+
 async def test_a_hand_over_on_exhaustion_says_last_once():
     """human_when_exhausted: the message names the last error once ("last:" not repeated)."""
     call = ScriptedCall([http_error(503), http_error(503)])
