@@ -515,7 +515,9 @@ class _Loop:
         if kind != INVALID:
             return
         self.failures = d.failures
-        if outcome.fatal:
+        if outcome.fatal:  # never judged (a validator raised, the deadline passed): never served
+            if self.has_verdicts and self.last_request is not None:
+                await self.verdict_to_route("reject", self.last_request)
             return
         result = self.last_result
         self.last_errors = list(result.errors)

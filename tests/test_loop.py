@@ -1000,7 +1000,7 @@ async def test_a_validator_that_raises_ends_the_call_with_its_record():
     call = ScriptedCall(["answer", "never"])
     with pytest.raises(ValidatorError, match="'buggy' raised ZeroDivisionError: validator bug") as ei:
         await retry_with_validation(call, PROMPT, [Buggy()], fast())
-    assert call.calls == 1 and call.verdicts == []
+    assert call.calls == 1 and call.verdicts == [("reject", 1)]  # unjudged: never served again
     err = ei.value
     assert isinstance(err.__cause__, ZeroDivisionError) and err.validator == "buggy"
     assert [a.text for a in err.attempts] == ["answer"] and err.metrics["api_calls"] == 1

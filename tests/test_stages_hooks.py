@@ -20,8 +20,10 @@ from retrylib import (
     MemoryHook,
     NonRetryableError,
     RetryConfig,
+    RetryExhaustedError,
     RssHook,
     Stage,
+    ValidatorError,
     retry_with_validation,
 )
 from retrylib import validators as V
@@ -273,6 +275,33 @@ async def test_a_soft_answer_beats_a_later_non_retryable_error():
     assert r.content == '{"a": 1}' and r.warnings and r.accepted_attempt == 1
     assert [a.outcome for a in r.attempts] == ["validation_failed", "transport_error"]
     assert call.calls == 2 and call.verdicts == [("accept", 1)]
+
+
+async def test_an_answer_that_could_not_be_judged_is_rejected():
+    """An answer whose validator raised, or whose validation outlasted the deadline, is
+    reported to the route as rejected, so a cache never serves it (it had no verdict)."""
+
+    class Broken:
+        name = "broken"
+
+        async def validate(self, text, context):
+            raise KeyError("a bug in the validator")
+
+    class Slow:
+        name = "slow"
+
+        async def validate(self, text, context):
+            await asyncio.sleep(5)
+            return ValidationResult.ok()
+
+    call = ScriptedCall(['{"a": 1}'])
+    with pytest.raises(ValidatorError):
+        await retry_with_validation(call, PROMPT, [Broken()], fast())
+    assert call.verdicts == [("reject", 1)]
+    call = ScriptedCall(['{"a": 1}'])
+    with pytest.raises(RetryExhaustedError) as info:
+        await retry_with_validation(call, PROMPT, [Slow()], fast(deadline=0.1))
+    assert info.value.reason == "deadline" and call.verdicts == [("reject", 1)]
 
 
 async def test_a_hand_over_on_exhaustion_says_last_once():
