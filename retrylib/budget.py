@@ -169,6 +169,13 @@ class RetryBudget:
             raise d.error(attempts=attempts)
         return d
 
+    async def refund(self, decision: BudgetDecision) -> float:
+        """Give back what a granted :meth:`allow` took, for a request that was not sent after
+        all (the breaker refused it); returns the level after it."""
+        if not decision.allowed or not decision.cost:
+            return await self.store.bucket_level(decision.key, self.max_tokens)
+        return await self.store.bucket_credit(decision.key, decision.cost, self.max_tokens)
+
     async def record(self, model: str | None = None, *, api_base: str | None = None,
                      ok: bool) -> float:
         """Count one attempt's result; returns the level after it.

@@ -179,49 +179,68 @@ class _Loop:
             req.notes.append(self.replay_note)
         return req
 
-    # -- the gates before an attempt: breaker, budget, cap (Polly's order: the deadline and
+    # -- the gates before an attempt: cap, budget, breaker (Polly's order: the deadline and
     # -- the retry are decided; then the breaker; the attempt timeout is the attempt's own)
     async def admit(self) -> Decision | None:
-        """Ask the breaker, the budget and the cap about the next attempt.
+        """Ask the cap, the budget and the breaker about the next attempt.
+
+        Every check that can refuse the attempt comes before the breaker grants it: a
+        half-open breaker's probe, once granted, is always sent (a probe granted and not sent
+        would keep the model blocked for another cooldown). So the cap is checked first; with
+        a budget, the breaker's state is read without taking a probe (an open breaker moves
+        the call on before a token is spent), then the budget's token is taken, then the
+        breaker is asked. If the breaker refuses after all (another call took the probe in
+        between), the token is given back.
 
         Returns:
-            ``None``: it may go. Else a ``raise`` decision (``breaker_open``, ``budget``,
-            ``cap``) whose error is ``gate_error``. An open breaker with a fallback model
-            left moves the call on instead (``fallback_on`` holding ``breaker_open``).
+            ``None``: it may go. Else a ``raise`` decision (``cap``, ``budget``,
+            ``breaker_open``) whose error is ``gate_error``. An open breaker with a fallback
+            model left moves the call on instead (``fallback_on`` holding ``breaker_open``).
         """
-        c, n = self.config, len(self.attempts) + 1
-        first = n == self.first_number
-        extra = self.budget is not None and (not first or self.outer)
-        if c.breaker is not None:
-            while True:
-                model, base = self.target()
-                if extra and await self.budget.level(model, api_base=base) <= self.budget.threshold:
-                    break  # refused below, before the breaker grants a probe that would not be sent
-                d = await c.breaker.allow(model, api_base=base)
-                self.breaker_state = d.state
-                if d.allowed:
-                    break
-                if "breaker_open" in c.fallback_on and self.can_move():
-                    self.move_on(f"breaker {d.state} for {d.key} (retry in {d.retry_in:.1f}s)")
-                    continue
-                self.gate_error = d.error(attempts=list(self.attempts), last_error=self.last_error)
-                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="breaker_open")
-        if extra:
-            model, base = self.target()
-            kind = "judge" if self.outer else self.next_kind
-            b = await self.budget.allow(model, api_base=base, kind=kind)
-            self.budget_level = b.level
-            if not b.allowed:
-                self.gate_error = b.error(attempts=list(self.attempts), last_error=self.last_error)
-                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="budget")
+        first = len(self.attempts) + 1 == self.first_number
         if self.cap is not None and not first:
             sub = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
                       + getattr(r, "metrics", {}).get("tokens_out", 0) for r in self.subresults)
             cd = self.cap.check(self.attempts, extra_tokens=sub)
             if not cd.allowed:
-                self.gate_error = cd.error(attempts=list(self.attempts), last_error=self.last_error)
-                return Decision(RAISE, failures=self.failures, stage=self.stage, reason="cap")
-        return None
+                return self._refuse(cd, "cap")
+        return await self._budget_and_breaker(self.budget is not None and (not first or self.outer))
+
+    async def _budget_and_breaker(self, extra: bool) -> Decision | None:
+        """The budget (``extra``: the attempt is an extra request) and the breaker, for the
+        model the attempt goes to, moving on to the next fallback model while its breaker is
+        open."""
+        breaker = self.config.breaker
+        while True:
+            model, base = self.target()
+            d = None
+            if breaker is not None and extra:
+                d = await breaker.state(model, api_base=base)  # read only: no probe taken
+            if d is None or d.allowed:
+                spent = None
+                if extra:
+                    kind = "judge" if self.outer else self.next_kind
+                    spent = await self.budget.allow(model, api_base=base, kind=kind)
+                    self.budget_level = spent.level
+                    if not spent.allowed:
+                        return self._refuse(spent, "budget")
+                if breaker is None:
+                    return None
+                d = await breaker.allow(model, api_base=base)
+                if not d.allowed and spent is not None:  # not sent: its token goes back
+                    self.budget_level = await self.budget.refund(spent)
+            self.breaker_state = d.state
+            if d.allowed:
+                return None
+            if "breaker_open" in self.config.fallback_on and self.can_move():
+                self.move_on(f"breaker {d.state} for {d.key} (retry in {d.retry_in:.1f}s)")
+                continue
+            return self._refuse(d, "breaker_open")
+
+    def _refuse(self, decision: Any, reason: str) -> Decision:
+        """End the call before its next attempt: ``decision``'s error, with the attempts so far."""
+        self.gate_error = decision.error(attempts=list(self.attempts), last_error=self.last_error)
+        return Decision(RAISE, failures=self.failures, stage=self.stage, reason=reason)
 
     async def report(self, a: Attempt, kwargs: dict[str, Any]) -> None:
         """Tell the breaker and the budget what the attempt came to; note their state in it."""

@@ -81,6 +81,17 @@ async def test_a_request_may_cost_more(store):
     assert not (await budget.allow("m")).allowed
 
 
+async def test_a_request_not_sent_gets_its_token_back(store):
+    """refund() gives back what a granted allow() took (the breaker refused the request after
+    all); a refused decision took nothing and gives back nothing."""
+    budget = RetryBudget(max_tokens=4, store=store)
+    granted = await budget.allow("m", cost=2)
+    refused = await budget.allow("m")
+    assert (granted.level, refused.allowed) == (2.0, False)
+    assert await budget.refund(refused) == 2.0
+    assert await budget.refund(granted) == 4.0
+
+
 async def test_concurrent_calls_at_total_failure_share_five_retries(store):
     """200 concurrent calls whose every request fails, each wanting 4 retries: the budget
     grants 5 retries in all, so requests ÷ calls = 205 / 200."""

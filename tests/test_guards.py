@@ -12,8 +12,9 @@ from retrylib import RetryConfig, retry_with_validation
 from retrylib import validators as V
 from retrylib.breaker import CircuitBreaker
 from retrylib.budget import RetryBudget
-from retrylib.errors import CallCapExceededError, CircuitOpenError
-from retrylib.testing import ScriptedCall, http_error, reply, set_testing
+from retrylib.errors import BudgetExhaustedError, CallCapExceededError, CircuitOpenError
+from retrylib.state import RedisStore
+from retrylib.testing import Delay, ScriptedCall, http_error, reply, set_testing
 
 PROMPT = [{"role": "user", "content": "Say ok."}]
 
@@ -191,3 +192,75 @@ async def test_budget_shared_by_concurrent_calls_is_never_overspent():
     assert dead.calls - 200 <= (budget.max_tokens - budget.threshold) / budget.retry_cost
 
 
+
+
+async def test_a_call_the_cap_ends_takes_no_half_open_probe():
+    """The cap refuses a call's next attempt while its model's breaker is half-open: no probe
+    is taken for the request that is not sent, so the next call gets the probe, is sent, and
+    its success closes the breaker (a leaked probe would refuse it for another cooldown)."""
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=10, clock=lambda: now[0])
+
+    async def opened_elsewhere(messages, **kw):
+        await breaker.record("primary", ok=False)  # another worker's failure opens the breaker
+        return reply("bad", tokens=(50, 50))
+
+    class CooldownPasses:
+        """Between this call's attempts, the breaker's cooldown passes: it is half-open."""
+
+        def attempt_ended(self, details):
+            now[0] += 10
+
+    call = ScriptedCall([opened_elsewhere], model="primary")
+    with pytest.raises(CallCapExceededError):
+        await retry_with_validation(call, PROMPT, [V.RegexMatch("^ok$")],
+                                    cfg(breaker=breaker, max_total_tokens=150,
+                                        hooks=(CooldownPasses(),)))
+    assert call.calls == 1
+    state = await breaker.state("primary")
+    assert (state.state, state.allowed) == ("half_open", True)
+    nxt = ScriptedCall(["ok"], model="primary")
+    r = await retry_with_validation(nxt, PROMPT, None, cfg(breaker=breaker))
+    assert r.content == "ok" and nxt.calls == 1 and r.attempts[0].breaker_state == "half_open"
+    assert (await breaker.state("primary")).state == "closed"
+
+
+@pytest.mark.timeout(60)
+async def test_concurrent_calls_race_for_one_probe_and_the_losers_spend_no_budget(redis_server):
+    """20 calls move at once to a fallback model whose breaker (in Redis) is half-open: exactly
+    one is sent, as the probe; the others end unsent, and the tokens those that lost the probe
+    had taken went back, so the bucket paid for the one request sent."""
+    store = RedisStore(redis_server.url, prefix="race:", on_error="raise")
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=10, store=store, clock=lambda: now[0])
+    budget = RetryBudget(max_tokens=10, token_ratio=0.5, store=store)
+    await breaker.record("backup", ok=False)
+    now[0] = 10.0  # the backup's cooldown has passed: one probe may go
+
+    arrived, together = [0], asyncio.Event()
+
+    async def serve(messages, model=None, **kw):
+        if model == "backup":
+            return Delay(0.2, "ok")  # the probe is still in flight while the others ask
+        arrived[0] += 1
+        if arrived[0] == 20:
+            together.set()
+        await together.wait()  # the 20 primary failures end at once: their gates interleave
+        return http_error(503)
+
+    call = ScriptedCall([], then=serve, model="primary")
+    config = cfg(breaker=breaker, budget=budget, fallback_models=["backup"],
+                 fallback_after_transport_failures=1)
+    out = await asyncio.gather(*(retry_with_validation(call, PROMPT, None, config)
+                                 for _ in range(20)), return_exceptions=True)
+    ok = [r for r in out if not isinstance(r, BaseException)]
+    assert len(ok) == 1 and [a.model for a in ok[0].attempts] == ["primary", "backup"]
+    assert ok[0].attempts[1].breaker_state == "half_open"
+    # the losers: refused by the breaker, or by the budget while the other losers' tokens
+    # were still out; none was sent
+    assert all(isinstance(e, CircuitOpenError | BudgetExhaustedError) and len(e.attempts) == 1
+               for e in out if e not in ok)
+    assert [q.kwargs.get("model") for q in call.requests].count("backup") == 1
+    assert await budget.level("backup") == 10 - 1 + 0.5
+    assert (await breaker.state("backup")).state == "closed"
+    await store.aclose()

@@ -192,7 +192,7 @@ class LoopMachine(RuleBasedStateMachine):
             prev = model
         if isinstance(outcome, BudgetExhaustedError):  # refused at or below the threshold
             assert self.levels[outcome.key] <= thr and round(outcome.level * MICRO) == self.levels[outcome.key]
-            # The level is read before the breaker is asked, so no half-open probe was taken.
+            # The budget is asked before the breaker grants a probe, so no probe was taken.
         if isinstance(outcome, CircuitOpenError):
             assert not self.refs[outcome.key].allow(now)[1]
 
