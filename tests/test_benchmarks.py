@@ -176,3 +176,22 @@ def test_overhead_script_runs_and_prints_its_table(local_model, tmp_path, capsys
     assert all(r["us_per_attempt"] > 0 for r in data["loop"])
     assert data["real_call"]["repeats"] == 2 and data["real_call"]["direct_median_ms"] > 0
     assert data["components_us"] and data["profile"]["transport"]["top_own_time"]
+
+
+def test_deadline_benchmark_runs_every_case_to_the_deadline(tmp_path):
+    """benchmarks/deadlines.py (one repeat) measures every case and writes its samples; each
+    call ended by the deadline with reason "deadline" (timings are the benchmark's business)."""
+    import subprocess
+
+    out = tmp_path / "deadlines.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "deadlines.py"),
+                           "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    cases = {r["case"]: r for r in result["cases"]}
+    assert {"blocking_validator_in_all_of", "blocking_call_sync_entry", "hang_litellm_route",
+            "backoff_sleep"} <= set(cases)
+    for r in cases.values():
+        assert [s["outcome"] for s in r["samples"]] == ["RetryExhaustedError:deadline"]
+        assert r["within_target"] == (r["max"] <= result["target"])

@@ -1,8 +1,8 @@
 """Every bound holds, every argument is checked at the door (issue 16, the loop's part).
 
 The timing assertions here are bounds far from the old behaviour (seconds past the deadline),
-not speed measurements: the benchmark (``benchmarks/load.py``) and notebook 04 measure how
-close to the deadline calls end.
+not speed measurements: ``benchmarks/deadlines.py`` measures how close to ``deadline=1.0``
+each case ends (``benchmarks/results/deadlines.json``).
 """
 
 from __future__ import annotations
