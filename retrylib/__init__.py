@@ -48,6 +48,7 @@ from retrylib.errors import (
     ServerStartError,
     ServerUnreachableError,
     StateStoreError,
+    StateStoreUnavailableError,
     ValidatorError,
 )
 from retrylib.extract import extract_text
@@ -131,6 +132,7 @@ __all__ = [
     "ServerUnreachableError",
     "Stage",
     "StateStoreError",
+    "StateStoreUnavailableError",
     "Tool",
     "ValidatorError",
     "__version__",

@@ -47,6 +47,7 @@ from retrylib.errors import (
     NonRetryableError,
     RetryError,
     RetryExhaustedError,
+    StateStoreUnavailableError,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (BudgetExhaustedError, "budget"), (CallCapExceededError, "cap"),
     (CircuitOpenError, "circuit_open"), (HumanReviewNeededError, "human"),
     (NonRetryableError, "non_retryable"), (RetryExhaustedError, "exhausted"),
-    (RetryError, "failed"),
+    (StateStoreUnavailableError, "state_store"), (RetryError, "failed"),
 )
 Item = tuple[int, dict[str, Any]]
 
@@ -71,8 +72,10 @@ class BatchRow:
         outcome: ``ok``; ``exhausted`` (attempts, deadline or Retry-After patience ran out),
             ``human`` (the human stage), ``non_retryable``, ``budget`` (the retry budget
             refused an extra request), ``cap`` (the call's token/cost cap), ``circuit_open``,
-            ``failed`` (another ``RetryError``); ``error``: an exception that is not a
-            ``RetryError`` (a ``ConfigError``, a bug in a validator, a lost Dask worker).
+            ``state_store`` (the budget's or breaker's Redis did not answer, with
+            ``on_error="raise"``), ``failed`` (another ``RetryError``); ``error``: an
+            exception that is not a ``RetryError`` (a ``ConfigError``, a bug in a validator,
+            a lost Dask worker).
         reason: the error's ``reason`` code (``max_attempts``, ``deadline``, ...), or ``None``.
         attempts: the attempts the call made.
         api_calls: every request it sent, its validators' (``LLMJudge``) included.

@@ -40,8 +40,12 @@
         │                             reason: "budget"
         ├── CallCapExceededError      the next attempt would pass the call's token or cost cap
         │                             reason: "cap_tokens" | "cap_cost"
-        └── CircuitOpenError          the model's circuit breaker is open (``retrylib.breaker``)
-                                      reason: "circuit_open"
+        ├── CircuitOpenError          the model's circuit breaker is open (``retrylib.breaker``)
+        │                             reason: "circuit_open"
+        └── StateStoreUnavailableError
+                                      the call's state store did not answer before an attempt
+                                      (``on_error="raise"``); also a ``StateStoreError``
+                                      reason: "state_store"
 
 One meaning per attribute
 -------------------------
@@ -53,7 +57,8 @@ The same name means the same thing on every error of the tree:
 ``reason``       a short, stable code for code to branch on (every ``RetryError``):
                  ``max_attempts``, ``deadline``, ``retry_after`` (the server asked for a
                  wait beyond ``max_retry_after``), ``not_retryable:<kind>``, ``human``,
-                 ``validator_error``, ``budget``, ``cap_tokens``, ``cap_cost``, ``circuit_open``.
+                 ``validator_error``, ``budget``, ``cap_tokens``, ``cap_cost``, ``circuit_open``,
+                 ``state_store``.
                  ``<kind>`` is ``http_<status>`` when the failure had a status, else the
                  classifier's phrase as a slug (``connection_refused``,
                  ``context_window_exceeded``, ``unexpected_error``). Never prose.
@@ -623,3 +628,33 @@ class CircuitOpenError(RetryError):
         super().__init__(message, attempts=attempts, last_error=last_error)
         self.key, self.state, self.retry_in, self.failures = key, state, float(retry_in), int(failures)
         self.reason = "circuit_open"
+
+
+class StateStoreUnavailableError(RetryError, StateStoreError):
+    """The call's budget or breaker state store (Redis) did not answer before an attempt, and
+    the store was told ``on_error="raise"``: the call ends here, and nothing was sent for the
+    attempt it was about to make.
+
+    Both a :class:`RetryError` (it carries the attempts made before it, so their requests
+    are counted: a batch row's ``attempts`` and ``api_calls``) and a
+    :class:`StateStoreError` (code that catches the store's own error still catches it).
+    ``__cause__`` is the store's error.
+
+    Attributes:
+        url: the store's address, without its password.
+        reason: ``"state_store"``.
+    """
+
+    reason = "state_store"
+
+    def __init__(
+        self,
+        message: str,
+        url: str = "",
+        *,
+        attempts: list[Any] | None = None,
+        last_error: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, attempts=attempts, last_error=last_error)
+        self.url = url
+        self.reason = "state_store"

@@ -192,11 +192,18 @@ class _Loop:
         breaker is asked. If the breaker refuses after all (another call took the probe in
         between), the token is given back.
 
+        A state store that does not answer and was told ``on_error="raise"`` ends the call
+        here with :class:`~retrylib.errors.StateStoreUnavailableError`, which carries the
+        attempts made so far (``on_error="local"`` goes on with process-local state).
+
         Returns:
             ``None``: it may go. Else a ``raise`` decision (``cap``, ``budget``,
-            ``breaker_open``) whose error is ``gate_error``. An open breaker with a fallback
-            model left moves the call on instead (``fallback_on`` holding ``breaker_open``).
+            ``breaker_open``, ``state_store``) whose error is ``gate_error``. An open breaker
+            with a fallback model left moves the call on instead (``fallback_on`` holding
+            ``breaker_open``).
         """
+        from retrylib.errors import StateStoreError, StateStoreUnavailableError
+
         first = len(self.attempts) + 1 == self.first_number
         if self.cap is not None and not first:
             sub = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
@@ -204,7 +211,15 @@ class _Loop:
             cd = self.cap.check(self.attempts, extra_tokens=sub)
             if not cd.allowed:
                 return self._refuse(cd, "cap")
-        return await self._budget_and_breaker(self.budget is not None and (not first or self.outer))
+        try:
+            return await self._budget_and_breaker(self.budget is not None and (not first or self.outer))
+        except StateStoreError as exc:
+            err = StateStoreUnavailableError(
+                f"{exc}; the call ended before attempt {len(self.attempts) + 1}", exc.url,
+                attempts=list(self.attempts), last_error=self.last_error)
+            err.__cause__ = exc
+            self.gate_error = err
+            return Decision(RAISE, failures=self.failures, stage=self.stage, reason="state_store")
 
     async def _budget_and_breaker(self, extra: bool) -> Decision | None:
         """The budget (``extra``: the attempt is an extra request) and the breaker, for the

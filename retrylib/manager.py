@@ -114,6 +114,7 @@ async def _give_up(loop: _Loop, d: Decision) -> RetryResult:
         return await _accept(loop, -neg_number, result, response, text, warnings=result.errors)
     err = _error(loop, d)
     cause = (loop.crash.exc if loop.crash is not None and d.reason == "validator_error" else
+             err.__cause__ if d.reason == "state_store" else  # the store's own error
              loop.last_exc if loop.attempts and loop.attempts[-1].outcome == "transport_error"
              else None)
     raise err from cause
@@ -122,7 +123,7 @@ async def _give_up(loop: _Loop, d: Decision) -> RetryResult:
 def _error(loop: _Loop, d: Decision) -> RetryError:
     """The error that ends the call, for the decision's reason."""
     c, attempts, last = loop.config, list(loop.attempts), loop.last_error
-    if d.reason in ("breaker_open", "budget", "cap"):
+    if d.reason in ("breaker_open", "budget", "cap", "state_store"):
         assert isinstance(loop.gate_error, RetryError)
         return loop.gate_error
     if d.reason == "max_attempts" and c.human_when_exhausted and c.max_attempts_before_human is not None:
@@ -317,6 +318,8 @@ async def retry_with_validation(
         BudgetExhaustedError, CircuitOpenError, CallCapExceededError: the retry budget
             refused an extra request, the breaker refused the last model, or the next
             attempt would pass the call's token/cost cap.
+        StateStoreUnavailableError: the budget's or breaker's store did not answer before an
+            attempt and was told ``on_error="raise"`` (also a ``StateStoreError``).
         HumanReviewNeededError: the ``max_attempts_before_human``-th validation failure;
             with a review store, the case is written first and ``case_id`` names it.
         ValidatorError: a validator raised (the attempts so far are kept).

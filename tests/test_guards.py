@@ -1,18 +1,30 @@
 """The loop with its gates: one retry budget for every extra request, a breaker per model,
-fallback on outage, and a per-call cap (issue 12), in process with scripted routes."""
+fallback on outage, and a per-call cap (issue 12), in process with scripted routes; and the
+gates on a real redis-server that dies mid-call or mid-batch."""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
+import time
 import uuid
 
 import pytest
+from loguru import logger
 
 from retrylib import RetryConfig, retry_with_validation
 from retrylib import validators as V
+from retrylib.batch import batch_summary, run_batch
 from retrylib.breaker import CircuitBreaker
 from retrylib.budget import RetryBudget
-from retrylib.errors import BudgetExhaustedError, CallCapExceededError, CircuitOpenError
+from retrylib.errors import (
+    BudgetExhaustedError,
+    CallCapExceededError,
+    CircuitOpenError,
+    RetryError,
+    StateStoreError,
+    StateStoreUnavailableError,
+)
 from retrylib.state import RedisStore
 from retrylib.testing import Delay, ScriptedCall, http_error, reply, set_testing
 
@@ -264,3 +276,93 @@ async def test_concurrent_calls_race_for_one_probe_and_the_losers_spend_no_budge
     assert await budget.level("backup") == 10 - 1 + 0.5
     assert (await breaker.state("backup")).state == "closed"
     await store.aclose()
+
+
+# -- Redis goes away mid-call --------------------------------------------------------------------
+
+
+@pytest.fixture
+def warnings_logged():
+    """Every loguru message at WARNING or above during the test."""
+    seen: list[str] = []
+    handler = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{message}")
+    yield seen
+    logger.remove(handler)
+
+
+def _gates(url: str, on_error: str, **store_kw) -> tuple[RedisStore, RetryConfig]:
+    store = RedisStore(url, prefix=f"{uuid.uuid4().hex[:8]}:", on_error=on_error, **store_kw)
+    return store, cfg(budget=RetryBudget(max_tokens=10, token_ratio=0.5, store=store),
+                      breaker=CircuitBreaker(failure_threshold=1000, store=store))
+
+
+@pytest.mark.timeout(60)
+async def test_redis_killed_mid_call_ends_it_clearly_with_its_attempts(redis_server):
+    """on_error="raise": Redis dies during the second attempt. The attempt's answer is kept
+    (the failed update is noted on it), and the call ends before its third attempt with
+    StateStoreUnavailableError: a RetryError (reason "state_store") and a StateStoreError,
+    carrying both attempts and their requests in its metrics."""
+    _, config = _gates(redis_server.url, "raise")
+
+    def killed_meanwhile(messages, **kw):
+        redis_server.kill()
+        return http_error(503)
+
+    call = ScriptedCall([http_error(503), killed_meanwhile, "ok"], model="primary")
+    with pytest.raises(StateStoreUnavailableError) as info:
+        await retry_with_validation(call, PROMPT, None, config)
+    err = info.value
+    assert isinstance(err, RetryError) and isinstance(err, StateStoreError)
+    assert err.reason == "state_store" and err.url == redis_server.url
+    assert "did not answer" in str(err) and "before attempt 3" in str(err)
+    assert call.calls == 2 and [a.outcome for a in err.attempts] == ["transport_error"] * 2
+    assert "budget/breaker not updated" in (err.attempts[1].note or "")
+    assert err.metrics["api_calls"] == 2 and err.last_error["status_code"] == 503
+    assert isinstance(err.__cause__, StateStoreError)
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), copy.reason, len(copy.attempts)) == (StateStoreUnavailableError, "state_store", 2)
+
+
+@pytest.mark.timeout(60)
+async def test_redis_killed_mid_batch_rows_count_the_requests_sent(redis_server):
+    """on_error="raise" in a batch: the row of the call Redis died under counts its 2 attempts
+    and 2 requests, a call after it ends at once with 0, and the rows add up to the route's."""
+    _, config = _gates(redis_server.url, "raise")
+
+    def killed_meanwhile(messages, **kw):
+        redis_server.kill()
+        return http_error(503)
+
+    call = ScriptedCall(["ok", http_error(503), killed_meanwhile], model="primary")
+    rows = await run_batch([PROMPT] * 3, call=call, config=config, concurrency=1, progress=False)
+    assert [(r.outcome, r.reason, r.attempts, r.api_calls) for r in rows] == [
+        ("ok", None, 1, 1), ("state_store", "state_store", 2, 2), ("state_store", "state_store", 0, 0)]
+    assert rows[1].error_type == "StateStoreUnavailableError" and "did not answer" in (rows[1].error or "")
+    assert batch_summary(rows)["api_calls"] == call.calls == 3
+
+
+@pytest.mark.timeout(60)
+async def test_redis_killed_mid_batch_with_local_fallback_finishes_the_batch(redis_server, warnings_logged):
+    """on_error="local": Redis dies after 60 of a 200-call batch's requests (8 in flight).
+    The batch finishes promptly, every call succeeds, one warning says Redis did not answer,
+    and every request sent is in some row."""
+    store, config = _gates(redis_server.url, "local", socket_timeout=0.5, connect_timeout=0.5)
+    served = [0]
+
+    async def serve(messages, **kw):
+        served[0] += 1
+        n = served[0]
+        if n == 60:
+            redis_server.kill()
+        await asyncio.sleep(0.002)
+        return http_error(503) if n % 10 == 0 else reply("ok", tokens=(5, 1))
+
+    call = ScriptedCall([], then=serve, model="primary")
+    t0 = time.monotonic()
+    rows = await run_batch([PROMPT] * 200, call=call, config=config, concurrency=8, progress=False)
+    assert time.monotonic() - t0 < 30
+    assert [r.outcome for r in rows] == ["ok"] * 200
+    assert sum(r.api_calls for r in rows) == call.calls > 200
+    assert store.degraded
+    said = [w for w in warnings_logged if "did not answer" in w]
+    assert len(said) == 1 and redis_server.url in said[0] and "process-local" in said[0]

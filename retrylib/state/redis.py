@@ -20,7 +20,10 @@ waits longer than ``connect_timeout + socket_timeout``):
   again ``reconnect_after`` seconds later (an info line says when it is back). Calls go on;
   while Redis is away, each process has its own budget and breakers.
 - ``on_error="raise"``: :class:`~retrylib.errors.StateStoreError`, at once (and, for
-  ``reconnect_after`` seconds, without trying Redis again).
+  ``reconnect_after`` seconds, without trying Redis again). In the retry loop, the call ends
+  before its next attempt with :class:`~retrylib.errors.StateStoreUnavailableError` (a
+  ``StateStoreError`` and a ``RetryError`` that carries the attempts made); an attempt whose
+  answer came back before the update failed keeps its answer, with a note.
 
 Needs the ``[redis]`` extra (the ``redis`` client); it is imported on first use.
 """
