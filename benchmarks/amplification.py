@@ -94,7 +94,7 @@ class Sizes:
     sized_tokens: float = 100.0
 
     def arms(self, rate: float) -> list[Arm]:
-        """The budget arms of one failure rate: none, the default size with ``RATIO``, the
+        """The budget arms of one failure rate: none, A6's size (10) with ``RATIO``, the
         sized bucket with ``RATIO``, and A6's default ``(10, 0.1)`` at 10 %."""
         return [None, (10.0, RATIO), (self.sized_tokens, RATIO)] + ([(10.0, A6_RATIO)] if rate == 0.1 else [])
 
@@ -318,7 +318,7 @@ def _arms(url: str) -> dict[str, Callable[[], Any]]:
     from retrylib.budget import RetryBudget
 
     call = make_call("openai/tp", api_base=url)
-    guarded = RetryConfig(max_attempts=5, budget=RetryBudget(token_ratio=RATIO),
+    guarded = RetryConfig(max_attempts=5, budget=RetryBudget(10.0, RATIO),  # as measured
                           breaker=CircuitBreaker())
     plain = RetryConfig(max_attempts=5)
     return {
@@ -370,7 +370,7 @@ def memory(url: str, arm: str, calls: int, hold: float) -> dict[str, Any]:
 
         held = {"X-Chaos-Fault": f"latency:{hold}"}
         call = make_call("openai/mem", api_base=url, extra_headers=held)
-        config = RetryConfig(max_attempts=5, budget=RetryBudget(token_ratio=RATIO),
+        config = RetryConfig(max_attempts=5, budget=RetryBudget(10.0, RATIO),  # as measured
                              breaker=CircuitBreaker())
 
         def one() -> Any:
@@ -477,7 +477,7 @@ async def breaker_run(proxy: Any, sizes: Sizes, seed: int, margin: float = 0.1) 
     store = _recording_store()
     breaker = CircuitBreaker(failure_threshold=sizes.failure_threshold, cooldown=cd, store=store)
     config = RetryConfig(max_attempts=sizes.max_attempts, initial_delay=0.02, max_delay=0.1, seed=seed,
-                         breaker=breaker, budget=RetryBudget(token_ratio=RATIO),
+                         breaker=breaker, budget=RetryBudget(10.0, RATIO),  # as measured
                          fallback_models=[FallbackModel(model="proxy/backup", api_base=proxy.url,
                                                         kwargs={"extra_headers": {"X-Chaos-Key": bkey}})])
     call = make_call("proxy/primary", api_base=proxy.url, extra_headers={"X-Chaos-Key": pkey})

@@ -4,12 +4,12 @@
 
 - one bucket per key: the model (``key="model"``, the default), the route (``"route"``: the
   ``api_base``, else the provider prefix), any fixed name, or ``key(model, api_base) -> str``;
-- a bucket holds ``max_tokens`` (default 10) and starts full;
+- a bucket holds ``max_tokens`` (default 100) and starts full;
 - an *extra* request (a transport retry, a re-ask after invalid output, a fallback call, the
   calls an ``LLMJudge`` makes) asks :meth:`RetryBudget.allow` first. It is granted only
   while the level is above ``threshold`` (``max_tokens / 2``), and then costs ``retry_cost``
   (default 1) tokens; a refused request costs nothing;
-- every success (a valid answer) gives back ``token_ratio`` tokens (default 0.1), up to
+- every success (a valid answer) gives back ``token_ratio`` tokens (default 0.5), up to
   ``max_tokens`` (:meth:`RetryBudget.record`);
 - the first attempt of a call never asks, so it is never refused.
 
@@ -22,23 +22,28 @@ an outage the level rests at the threshold instead of draining to 0, and after i
 success already allows one retry (1 per ``1 / token_ratio`` successes from then on).
 
 What it bounds: at 100 % upstream failure, ``C`` calls send ``C`` first attempts plus
-``(max_tokens - threshold) / retry_cost`` retries in all (5 with the defaults), wherever the
-calls run; so requests ÷ calls tends to 1. At a steady failure rate ``p`` the bucket drifts by
-``(1 - p) * token_ratio - p * retry_cost`` per request: with the defaults it breaks even at
-``p ≈ 9 %``; above that, some retries are refused. A larger ``token_ratio`` (Finagle's and
-Envoy's budgets allow 20 % of requests) keeps more retries at higher failure rates.
+``(max_tokens - threshold) / retry_cost`` retries in all (50 with the defaults), wherever the
+calls run; so requests ÷ calls tends to 1 (at most 1.2 from 250 calls on). At a steady
+failure rate ``p`` the bucket drifts by ``(1 - p) * token_ratio - p * retry_cost`` per
+request: it breaks even at ``p = token_ratio / (token_ratio + retry_cost)``, 33 % with the
+defaults (A6's 0.1: 9 %); above that, some retries are refused.
 
 Size the bucket to the calls in flight: the successes of a wave arrive while the bucket is
 full (their credit is lost), so its spendable half must cover the failures of one wave on
-its own. Measured (``benchmarks/amplification.py``, 10 % failure): with 200 calls in flight,
-``max_tokens=10`` refused 7 of 1,000 calls and ``max_tokens=100`` none; with
-``token_ratio=0.1`` the drift refused 14 to 23. ``token_ratio=0.5`` with ``max_tokens``
-about half the calls in flight (at least 10) is the recommended setting; a total outage then
-costs ``max_tokens / 2`` extra requests in all.
+its own. Measured (``benchmarks/amplification.py``: 1,000 calls, 50 in flight per process,
+in 1 process and in 4 sharing one Redis bucket): at 10 % failure, ``max_tokens=100,
+token_ratio=0.5`` changed no call's outcome; ``(10, 0.5)`` refused 7 calls with 200 in
+flight, and A6's own ``(10, 0.1)`` 14 (1 process) and 23 (4). At 100 % failure the
+``(100, 0.5)`` bucket sent 1.05 requests per call. So that is the default: ``max_tokens``
+about half the calls in flight, and ``token_ratio=0.5`` (Finagle's and Envoy's budgets allow
+20 % of requests; A6's 0.1 drifts down at 10 % failure). More calls in flight need a larger
+bucket; with fewer, a smaller one (at least 10) bounds an outage tighter: it costs
+``max_tokens / 2`` extra requests in all.
 
-**Off by default.** A budget shares state between calls: one call's failures would then
-change how many attempts another call gets, so a program that runs today with
-``max_attempts=5`` could see calls end early. No behaviour changes unless a budget is given.
+**Off by default.** ``RetryConfig`` has no budget unless one is given: a budget shares
+state between calls, so one call's failures would change how many attempts another call
+gets, and a program that runs today with ``max_attempts=5`` could see calls end early. No
+behaviour changes unless a budget is given; ``RetryBudget()`` then has the defaults above.
 
 :class:`CallCap` caps one call's total tokens and/or cost across its attempts.
 """
@@ -86,8 +91,9 @@ class RetryBudget:
     """A token bucket per key that every extra request draws on (see the module docstring).
 
     Args:
-        max_tokens: the bucket's size (A6's ``maxTokens``), > 0.
-        token_ratio: tokens a success gives back (A6's ``tokenRatio``), > 0.
+        max_tokens: the bucket's size (A6's ``maxTokens``), > 0; default 100 (A6's: 10).
+        token_ratio: tokens a success gives back (A6's ``tokenRatio``), > 0; default 0.5
+            (A6's: 0.1). See the module docstring for the measurements behind both.
         key: ``"model"``, ``"route"``, a fixed name, or ``key(model, api_base) -> str``.
         store: where the buckets live; ``None``: a new process-local ``MemoryStore``. Give
             a :class:`~retrylib.state.RedisStore` to share the budget between processes.
@@ -105,7 +111,7 @@ class RetryBudget:
             raise d.error(attempts=attempts)
     """
 
-    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1, *,
+    def __init__(self, max_tokens: float = 100.0, token_ratio: float = 0.5, *,
                  key: KeyRule = "model", store: StateStore | None = None,
                  retry_cost: float = 1.0, threshold: float | None = None):
         for name, value in (("max_tokens", max_tokens), ("token_ratio", token_ratio),

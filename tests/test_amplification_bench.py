@@ -103,7 +103,7 @@ def test_throughput_memory_and_the_level_timeline_are_measured(quick):
 async def test_run_batch_puts_budget_and_breaker_into_the_config():
     """``run_batch(budget=...)`` makes every call draw on that budget (a retry costs a
     token), and the budget never reaches the route as a request kwarg."""
-    budget = RetryBudget(max_tokens=4)
+    budget = RetryBudget(max_tokens=4, token_ratio=0.1)
     call = ScriptedCall([http_error(503), "ok", "ok"], model="m")
     with set_testing(True):
         rows = await run_batch([[{"role": "user", "content": "x"}]] * 2, call=call,

@@ -176,7 +176,8 @@ def test_dask_workers_share_one_redis_budget_at_total_failure(dask_client, chaos
     exactly 5 retries in all, so requests ÷ calls = 1.125 ≤ 1.2."""
     from retrylib.batch import run_batch_dask
 
-    budget = RetryBudget(store=RedisStore(redis_server.url, prefix="dask:", on_error="raise"))
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1,
+                         store=RedisStore(redis_server.url, prefix="dask:", on_error="raise"))
     calls = []
     for i in range(40):
         chaos_free.set_plan(["503"] * 10, key=f"dead{i}")

@@ -24,16 +24,17 @@ def store(request):
     return RedisStore(server.url, prefix=f"b{uuid.uuid4().hex[:8]}:", on_error="raise")
 
 
-def test_the_defaults_are_grpc_a6s():
-    """max_tokens 10, token_ratio 0.1, threshold max/2, a retry costs 1, keyed by model."""
+def test_the_defaults_are_the_measured_setting():
+    """max_tokens 100 and token_ratio 0.5 (not A6's 10 and 0.1: see retrylib.budget),
+    threshold max/2, a retry costs 1, keyed by model."""
     b = RetryBudget()
-    assert (b.max_tokens, b.token_ratio, b.threshold, b.retry_cost, b.key) == (10, 0.1, 5, 1, "model")
-    assert "max_tokens=10" in repr(b) and "MemoryStore" in repr(b)
+    assert (b.max_tokens, b.token_ratio, b.threshold, b.retry_cost, b.key) == (100, 0.5, 50, 1, "model")
+    assert "max_tokens=100" in repr(b) and "MemoryStore" in repr(b)
 
 
 async def test_five_retries_then_refusal_with_a_clear_error(store):
     """A full bucket grants five extra requests (10 → 5), then refuses, naming key and level."""
-    budget = RetryBudget(store=store)
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1, store=store)
     granted = [await budget.allow("openai/x", kind="transport") for _ in range(5)]
     assert [d.level for d in granted] == [9.0, 8.0, 7.0, 6.0, 5.0]
     assert all(d.allowed and d.cost == 1.0 for d in granted)
@@ -60,7 +61,7 @@ async def test_acquire_raises_and_the_error_pickles(store):
 async def test_successes_refill_and_failures_cost_nothing_by_themselves(store):
     """record(ok=True) gives back token_ratio (capped at max); record(ok=False) leaves the
     level as it is (the failure's token is taken by its retry's allow)."""
-    budget = RetryBudget(store=store)
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1, store=store)
     for _ in range(5):
         await budget.allow("m")
     assert not (await budget.allow("m")).allowed
@@ -75,7 +76,7 @@ async def test_successes_refill_and_failures_cost_nothing_by_themselves(store):
 
 async def test_a_request_may_cost_more(store):
     """allow(cost=...) takes that many tokens (a timeout that costs double, as in AWS's SDK)."""
-    budget = RetryBudget(store=store)
+    budget = RetryBudget(max_tokens=10, store=store)
     assert (await budget.allow("m", cost=2)).level == 8.0
     assert (await budget.allow("m", cost=4)).level == 4.0
     assert not (await budget.allow("m")).allowed
@@ -95,7 +96,7 @@ async def test_a_request_not_sent_gets_its_token_back(store):
 async def test_concurrent_calls_at_total_failure_share_five_retries(store):
     """200 concurrent calls whose every request fails, each wanting 4 retries: the budget
     grants 5 retries in all, so requests ÷ calls = 205 / 200."""
-    budget = RetryBudget(store=store)
+    budget = RetryBudget(max_tokens=10, store=store)
     requests = 0
 
     async def one_call() -> None:
@@ -114,9 +115,9 @@ async def test_concurrent_calls_at_total_failure_share_five_retries(store):
 
 async def test_the_key_picks_the_bucket(store):
     """key="model" (default), "route" (api_base, else provider), a fixed name, or a callable."""
-    by_model = RetryBudget(store=store)
+    by_model = RetryBudget(max_tokens=10, store=store)
     assert by_model.key_for("openai/a") == "openai/a" and by_model.key_for(None) == "default"
-    by_route = RetryBudget(store=store, key="route")
+    by_route = RetryBudget(max_tokens=10, store=store, key="route")
     assert by_route.key_for("openai/a", "HTTP://Example.COM:8443/v1") == "http://example.com:8443"
     assert by_route.key_for("anthropic/claude") == "anthropic"
     shared = RetryBudget(store=store, key="everything")
@@ -138,7 +139,7 @@ def test_a_key_function_must_return_a_name():
 @pytest.mark.parametrize("kwargs, field", [
     ({"max_tokens": 0}, "max_tokens"), ({"token_ratio": -0.1}, "token_ratio"),
     ({"retry_cost": 0}, "retry_cost"), ({"max_tokens": 1, "token_ratio": 2}, "token_ratio"),
-    ({"threshold": 10}, "threshold"), ({"key": ""}, "key"), ({"max_tokens": True}, "max_tokens"),
+    ({"threshold": 100}, "threshold"), ({"key": ""}, "key"), ({"max_tokens": True}, "max_tokens"),
 ])
 def test_bad_budget_arguments_are_config_errors(kwargs, field):
     """Each bad argument is refused with a ConfigError that names it."""

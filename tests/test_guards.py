@@ -12,7 +12,7 @@ import uuid
 import pytest
 from loguru import logger
 
-from retrylib import RetryConfig, retry_with_validation
+from retrylib import RetryConfig, RetryResult, retry_with_validation
 from retrylib import validators as V
 from retrylib.batch import batch_summary, run_batch
 from retrylib.breaker import CircuitBreaker
@@ -57,16 +57,17 @@ async def _run_many(call, n, config, validators=None):
 
 
 async def test_budget_bounds_amplification_at_total_outage():
-    """100% failure, 100 calls of 5 attempts: without a budget 5 requests a call, with one
-    requests ÷ calls ≤ 1.2 and the refused calls end with BudgetExhaustedError."""
+    """100% failure, calls of 5 attempts: without a budget 5 requests a call; with the default
+    budget the 500 calls send 50 retries in all (1.1 requests a call, ≤ 1.2), and the refused
+    calls end with BudgetExhaustedError."""
     dead = by_model({"primary"})
     out = await _run_many(dead, 100, cfg())
     assert dead.calls == 500 and {k for k, _ in out} == {"RetryExhaustedError"}
     dead = by_model({"primary"})
     budget = RetryBudget()
-    out = await _run_many(dead, 100, cfg(budget=budget))
-    assert dead.calls / 100 <= 1.2
-    assert sum(k == "BudgetExhaustedError" for k, _ in out) >= 90
+    out = await _run_many(dead, 500, cfg(budget=budget))
+    assert dead.calls == 550 and dead.calls / 500 <= 1.2
+    assert sum(k == "BudgetExhaustedError" for k, _ in out) >= 450
     err = next(e for k, e in out if k == "BudgetExhaustedError")
     assert err.reason == "budget" and "primary" in str(err) and err.attempts
     assert err.key == "primary" and err.level <= budget.threshold
@@ -75,15 +76,24 @@ async def test_budget_bounds_amplification_at_total_outage():
 
 
 async def test_budget_changes_no_outcome_at_ten_percent_failure():
-    """10% of first attempts fail once: with the budget on, every call still succeeds."""
-    items = []
-    for i in range(200):
-        if i % 10 == 0:
-            items.append(http_error(503))
-        items.append(reply("ok", tokens=(5, 1)))
-    call = ScriptedCall(items)
-    out = await _run_many(call, 200, cfg(budget=RetryBudget()))
-    assert [k for k, _ in out] == ["ok"] * 200 and call.remaining == 0
+    """200 calls in flight, 10 % of them (20) fail at once: with the default budget every call
+    still succeeds; A6's defaults (10 tokens, token_ratio 0.1) would refuse 15 of those
+    retries, which is why they are not retrylib's."""
+
+    async def wave(budget: RetryBudget) -> list[object]:
+        served = [0]
+
+        def serve(messages, **kw):
+            served[0] += 1  # the 20 first requests fail; they end first (same delay, FIFO)
+            return Delay(0.01, http_error(503) if served[0] <= 20 else reply("ok", tokens=(5, 1)))
+
+        call = ScriptedCall([], then=serve, model="primary")
+        return await asyncio.gather(*(retry_with_validation(call, PROMPT, None, cfg(budget=budget))
+                                      for _ in range(200)), return_exceptions=True)
+
+    assert all(isinstance(r, RetryResult) for r in await wave(RetryBudget()))
+    a6 = await wave(RetryBudget(max_tokens=10, token_ratio=0.1))
+    assert sum(isinstance(r, BudgetExhaustedError) for r in a6) == 15
 
 
 async def test_every_attempt_records_the_budget_level_and_breaker_state():
@@ -92,12 +102,12 @@ async def test_every_attempt_records_the_budget_level_and_breaker_state():
     r = await retry_with_validation(call, PROMPT, None, cfg(budget=RetryBudget(),
                                                             breaker=CircuitBreaker()))
     assert [a.breaker_state for a in r.attempts] == ["closed", "closed"]
-    assert [a.budget_level for a in r.attempts] == [10.0, pytest.approx(9.1)]
+    assert [a.budget_level for a in r.attempts] == [100.0, 99.5]
 
 
 async def test_reasks_and_judge_calls_draw_on_the_budget(chaos_free):
     """A re-ask after an invalid answer and an LLMJudge's call both take budget tokens."""
-    budget = RetryBudget(max_tokens=10)
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1)
     key = uuid.uuid4().hex
     chaos_free.set_plan(['reply:{"pass": true, "reason": "says ok"}'], key=key)
     judge = V.LLMJudge("openai/judge", "The answer says ok.", api_base=chaos_free.url,
