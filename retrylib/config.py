@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrylib.errors import ConfigError
+from retrylib.patterns import MAX_SPAN
 
 if TYPE_CHECKING:
     from retrylib.stages import Ladder
@@ -109,6 +110,21 @@ class RetryConfig(BaseModel):
         fallback_models: the models of the fallback stage, in order.
         constrained_format: how to ask for constrained output: ``llama_cpp`` sends
             ``{"type": "json_object", "schema": ...}``, ``openai`` sends ``json_schema``.
+        runaway_max_items: the runaway guard. Once an answer of the call was cut at the
+            token limit (``finish_reason`` ``length``), every later constrained attempt
+            sends a schema in which each list without ``maxItems`` has this many items at
+            most (:func:`retrylib.constrained.bound_runaways`); the note names the bounds.
+            16 is more than most extracted lists hold (line items, authors, attendees, tags)
+            and about 500 tokens of small objects, so the bounded answer fits a modest
+            ``max_tokens``; the answer that was cut did not fit anyway. The validators keep
+            the original schema, so a longer list cut to this length is not caught: raise it
+            for longer lists. 1 to 1000 (llama.cpp's grammar parser fails on more optional
+            repeats); ``None`` leaves lists alone.
+        runaway_max_length: the same guard for free strings (no ``enum``, ``const``,
+            ``pattern``, ``maxLength`` or a format the grammar holds): at most this many
+            characters. 500 (about 125 tokens) holds names, titles, addresses and a
+            paragraph of description; a model that repeats itself inside a string is
+            stopped there. 1 to 1000; ``None`` leaves strings alone.
         debug_tool_name: the tool suggested from the tool stage on.
         debug_tool_mcp_config: its MCP config, added to the call kwargs as ``mcp_config``.
         original_user_prompt: repeated in every feedback message, so it stays in context.
@@ -196,6 +212,8 @@ class RetryConfig(BaseModel):
     max_attempts_before_human: int | None = Field(None, ge=1)
     fallback_models: tuple[FallbackModel, ...] = ()
     constrained_format: Literal["llama_cpp", "openai"] = "llama_cpp"
+    runaway_max_items: int | None = Field(16, ge=1, le=MAX_SPAN)
+    runaway_max_length: int | None = Field(500, ge=1, le=MAX_SPAN)
 
     debug_tool_name: str | None = None
     debug_tool_mcp_config: dict[str, Any] | None = None
@@ -233,6 +251,13 @@ class RetryConfig(BaseModel):
     @classmethod
     def _timedelta_to_seconds(cls, v: Any) -> Any:
         return _seconds(v)
+
+    @field_validator("runaway_max_items", "runaway_max_length", mode="before")
+    @classmethod
+    def _no_bool_bound(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # True would pass as 1
+            raise ValueError("must be an int from 1 to 1000 or None, not a bool")
+        return v
 
     @field_validator("review_store", mode="before")
     @classmethod

@@ -43,6 +43,8 @@ FORMAT_PATTERNS = {
     "uri": (r"^[A-Za-z][A-Za-z0-9+.-]*://[\w.~%!$&'()*+,;=:@-]+"
             r"([/?#][\w.~%!$&'()*+,;=:@/?#\[\]-]*)?$"),
 }
+# Keys llama.cpp's converter reads before (and instead of) a node's bounds.
+_CONVERTED_FIRST = ("$ref", "anyOf", "oneOf", "enum", "const")
 # Keywords that only mean something for one type of a ``"type": [...]`` list.
 _TYPED = ("pattern", "format", "minLength", "maxLength", "items", "prefixItems", "properties",
           "additionalProperties", "minItems", "maxItems")
@@ -142,6 +144,78 @@ def _split_type_list(node: dict[str, Any]) -> dict[str, Any]:
         return node
     rest = {k: v for k, v in node.items() if k != "type"}
     return {"anyOf": [{**copy.deepcopy(rest), "type": t} for t in types]}
+
+
+def bound_runaways(schema: dict[str, Any], max_items: int | None,
+                   max_length: int | None) -> tuple[dict[str, Any], list[str]]:
+    """A copy of a grammar-safe ``schema`` in which no list and no free string is unbounded.
+
+    A small model under a grammar can keep adding list items (or characters) until
+    ``max_tokens`` cuts the answer, and a retry under the same grammar runs away again. So
+    every array of one item schema without ``maxItems`` gets ``max_items`` (or its
+    ``minItems``, if that is larger), and every free string (``"type": "string"`` without
+    ``enum``, ``const``, ``pattern``, ``maxLength`` or a format the grammar holds) gets
+    ``maxLength`` ``max_length`` (or its ``minLength``, if larger). An existing bound is
+    never changed, so nothing is loosened; a type list that gains a bound is split into
+    ``anyOf`` (llama.cpp's converter drops the keywords beside a type list). Arrays without
+    an ``items`` schema and tuples (``prefixItems``) are left alone: the converter ignores
+    ``maxItems`` there, and a tuple is bounded already. ``schema`` itself is not changed.
+
+    Args:
+        schema: a grammar-safe schema (:func:`grammar_safe_schema`'s copy).
+        max_items: the bound for lists, 1 to ``MAX_SPAN``; ``None``: lists are left alone.
+        max_length: the bound for free strings, 1 to ``MAX_SPAN``; ``None``: left alone.
+
+    Returns:
+        ``(bounded, added)``: the copy, and ``"path maxItems=n"`` / ``"path maxLength=n"``
+        for each bound added (for the attempt's note).
+
+    Raises:
+        ValueError: a bound outside 1..``MAX_SPAN`` (llama.cpp's grammar parser fails on a
+            repeat with more optional parts than that).
+    """
+    for bound in (max_items, max_length):
+        if bound is not None and not 1 <= bound <= MAX_SPAN:
+            raise ValueError(f"a runaway bound must be 1 to {MAX_SPAN}, got {bound}")
+    added: list[str] = []
+
+    def visit(node: Any, path: str) -> Any:
+        if not isinstance(node, dict):
+            return [visit(v, path) for v in node] if isinstance(node, list) else node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            sub = f"{path}/{key}"
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {k: visit(v, f"{sub}/{k}") for k, v in value.items()}
+            elif key in _VERBATIM:
+                out[key] = copy.deepcopy(value)
+            elif isinstance(value, list):
+                out[key] = [visit(v, f"{sub}/{i}") for i, v in enumerate(value)]
+            else:
+                out[key] = visit(value, sub)
+        return _bound_node(out, path or "/", max_items, max_length, added)
+
+    return visit(schema, ""), added
+
+
+def _bound_node(node: dict[str, Any], where: str, max_items: int | None, max_length: int | None,
+                added: list[str]) -> dict[str, Any]:
+    if any(k in node for k in _CONVERTED_FIRST):
+        return node  # the converter follows these keys and ignores any bound beside them
+    kind = node.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    before = len(added)
+    if (max_items is not None and isinstance(node.get("items"), dict) and "maxItems" not in node
+            and ("array" in kinds or (kind is None and "properties" not in node))):
+        low = node.get("minItems")
+        node["maxItems"] = max(max_items, low if isinstance(low, int) else 0)
+        added.append(f"{where} maxItems={node['maxItems']}")
+    if (max_length is not None and "string" in kinds and node.get("format") not in _NATIVE_FORMATS
+            and "pattern" not in node and "maxLength" not in node):
+        low = node.get("minLength")
+        node["maxLength"] = max(max_length, low if isinstance(low, int) else 0)
+        added.append(f"{where} maxLength={node['maxLength']}")
+    return _split_type_list(node) if len(added) > before else node
 
 
 def response_format_for(schema: dict[str, Any], form: str = "llama_cpp") -> dict[str, Any]:

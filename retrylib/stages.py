@@ -25,7 +25,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from retrylib.constrained import response_format_for
+from retrylib.constrained import bound_runaways, response_format_for
 
 if TYPE_CHECKING:
     from retrylib.loop import _Loop
@@ -92,14 +92,27 @@ class Normal(Stage):
 
 
 class Constrained(Stage):
-    """Ask for schema-constrained output (the validators' JSON schema, made grammar-safe)."""
+    """Ask for schema-constrained output (the validators' JSON schema, made grammar-safe).
+
+    The runaway guard: once an answer of the call was cut at the token limit, the schema
+    sent bounds every list and free string (``runaway_max_items``/``runaway_max_length``,
+    :func:`~retrylib.constrained.bound_runaways`), so the grammar makes the model close
+    them instead of running into ``max_tokens`` again.
+    """
 
     name = "constrained"
     fresh_start = True
 
     def apply(self, request: Request, call: _Loop) -> None:
         if call.schema is not None and call.constrained_off is None:
-            request.kwargs["response_format"] = response_format_for(call.schema, call.config.constrained_format)
+            c, schema = call.config, call.schema
+            cut = next((a.number for a in call.attempts if a.finish_reason == "length"), None)
+            if cut is not None and (c.runaway_max_items or c.runaway_max_length):
+                schema, added = bound_runaways(schema, c.runaway_max_items, c.runaway_max_length)
+                if added:
+                    request.notes.append(f"runaway guard: {'; '.join(added)} (attempt {cut}'s "
+                                         "answer was cut at the token limit)")
+            request.kwargs["response_format"] = response_format_for(schema, c.constrained_format)
             request.constrained = request.grammar = True
             if call.schema_dropped:
                 request.notes.append("left to the validators: " + "; ".join(call.schema_dropped))
