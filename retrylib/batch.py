@@ -18,9 +18,10 @@ win. Sharing one :class:`~retrylib.budget.RetryBudget` or
 :class:`~retrylib.breaker.CircuitBreaker` makes every call of the batch draw on it.
 
 :func:`run_batch_dask` runs the same on a Dask cluster (``[dask]`` extra): the items go to
-the workers in chunks, each worker runs :func:`run_batch` on its chunk, and a budget or
-breaker travels as its *spec* (they pickle that way): each worker rebuilds it against the
-same Redis, so every worker respects one budget and one breaker.
+the workers in chunks, each chunk is one task that runs :func:`run_batch`, and a budget or
+breaker (given here or in the config) travels as its *spec* (they pickle that way): each
+chunk rebuilds it against the same Redis, so every worker respects one budget and one
+breaker.
 """
 
 from __future__ import annotations
@@ -320,10 +321,23 @@ def run_batch_dask(calls: Iterable[Any], *, client: Any = None, chunk_size: int 
 
     The items are split into chunks (``chunk_size``; default: four per worker); each chunk
     runs on a worker as one :func:`run_batch` of ``concurrency`` lanes, in its own event
-    loop. The shared keywords are sent once per chunk. A budget or a breaker pickles as its
-    spec and is rebuilt on the worker: on a :class:`~retrylib.state.RedisStore` every worker
-    then shares its buckets and breakers (on a ``MemoryStore`` each worker process would
-    have its own: a warning says so). A chunk whose worker is lost gives ``error`` rows.
+    loop. The shared keywords are sent once per chunk. A budget or a breaker (``budget=``,
+    ``breaker=``, or in ``config``) pickles as its spec and is rebuilt for each chunk: on a
+    :class:`~retrylib.state.RedisStore` every chunk on every worker then shares its buckets
+    and breakers. A ``MemoryStore`` pickles as a new, empty store, so each *chunk* would
+    have its own (not even one per worker): a warning says so. A chunk whose worker is lost
+    gives ``error`` rows.
+
+    Example::
+
+        from distributed import Client, LocalCluster
+
+        store = RedisStore("redis://10.0.0.5:6379/0")  # every worker reaches it
+        config = RetryConfig(max_attempts=5, budget=RetryBudget(store=store),
+                             breaker=CircuitBreaker(store=store))
+        with Client(LocalCluster(n_workers=4)) as client:
+            rows = run_batch_dask(calls, client=client, call=make_call("openai/gpt-4o-mini"),
+                                  config=config, concurrency=32)
 
     Args:
         calls, concurrency, progress, desc, **shared: as for :func:`run_batch`; everything
@@ -380,12 +394,17 @@ def run_batch_dask(calls: Iterable[Any], *, client: Any = None, chunk_size: int 
 
 
 def _warn_local_state(shared: Mapping[str, Any]) -> None:
+    """Warn about a shared budget or breaker (a keyword, or in ``config=``) on a MemoryStore."""
     from retrylib.state import MemoryStore
 
-    for name, value in shared.items():
+    config = shared.get("config")
+    gates = [(f"{name}=", value) for name, value in shared.items()]
+    gates += [(f"config.{name}", getattr(config, name, None)) for name in ("budget", "breaker")]
+    for name, value in gates:
         if isinstance(getattr(value, "store", None), MemoryStore):
-            logger.warning("run_batch_dask: {}= keeps its state in a MemoryStore, so each Dask "
-                           "worker has its own; give it a RedisStore to share it", name)
+            logger.warning("run_batch_dask: {} keeps its state in a MemoryStore, so each chunk "
+                           "of the batch (one Dask task) has its own; give it a RedisStore to "
+                           "share it", name)
 
 
 def _run_chunk(chunk: list[Item], shared: dict[str, Any], concurrency: int) -> list[BatchRow]:

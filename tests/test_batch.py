@@ -1,6 +1,7 @@
 """retrylib.batch: many calls with bounded concurrency, one row per call, a call's failure
 never the batch's; and the same batch on a real Dask LocalCluster (2 worker processes)
-against the upstream-free fault proxy, the workers sharing one budget in a real Redis."""
+against the upstream-free fault proxy, the workers sharing the loop's budget and breaker
+(``config.budget``, ``config.breaker``) in a real Redis."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from retrylib import RetryConfig
 from retrylib import validators as V
 from retrylib.batch import BatchRow, batch_summary, rows_frame, run_batch, run_batch_sync
+from retrylib.breaker import CircuitBreaker
 from retrylib.budget import RetryBudget
 from retrylib.client import make_call
 from retrylib.errors import ConfigError
@@ -110,24 +112,6 @@ def test_the_sync_wrapper_and_the_summary():
 # -- Dask --------------------------------------------------------------------------------------
 
 
-class BudgetedRoute:
-    """A route that asks a shared retry budget before every request after a call's first (the
-    first request of each call is the first time its X-Chaos-Key is seen). It stands where
-    the retry loop will ask the budget, so the test measures the budget across workers at
-    the proxy."""
-
-    def __init__(self, call, budget: RetryBudget):
-        self.call, self.budget, self.model = call, budget, call.model
-        self.seen: set[str] = set()
-
-    async def __call__(self, messages, **kw):
-        key = kw["extra_headers"]["X-Chaos-Key"]
-        if key in self.seen:
-            await self.budget.acquire(self.model, kind="transport")
-        self.seen.add(key)
-        return await self.call(messages=messages, **kw)
-
-
 @pytest.fixture(scope="module")
 def dask_client():
     """A real LocalCluster: 2 worker processes, one thread each; this module pickles by value
@@ -170,23 +154,58 @@ def test_a_dask_batch_runs_on_two_workers_against_the_fault_proxy(dask_client, c
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_dask_workers_share_one_redis_budget_at_total_failure(dask_client, chaos_free, redis_server):
-    """100 % upstream failure, 40 calls of up to 4 attempts on 2 worker processes, one retry
-    budget in Redis (10 tokens, retries need > 5): the proxy receives 40 first attempts and
-    exactly 5 retries in all, so requests ÷ calls = 1.125 ≤ 1.2."""
+def test_dask_workers_share_the_loops_budget_and_breaker_in_redis(dask_client, chaos_free, redis_server):
+    """100 % upstream failure, 40 calls of up to 4 attempts on 2 worker processes, gated by the
+    retry loop itself: ``config.budget`` (10 tokens, retries need > 5) and ``config.breaker``,
+    both in one Redis. The proxy receives 40 first attempts and exactly 5 retries in all
+    (45 / 40 = 1.125 ≤ 1.2), the breaker counted every worker's failures, and every call has
+    exactly one row, which accounts for its requests."""
     from retrylib.batch import run_batch_dask
 
-    budget = RetryBudget(max_tokens=10, token_ratio=0.1,
-                         store=RedisStore(redis_server.url, prefix="dask:", on_error="raise"))
+    store = RedisStore(redis_server.url, prefix="dask:", on_error="raise")
+    budget = RetryBudget(max_tokens=10, token_ratio=0.5, store=store)
+    breaker = CircuitBreaker(failure_threshold=1000, cooldown=60, store=store)
     calls = []
     for i in range(40):
         chaos_free.set_plan(["503"] * 10, key=f"dead{i}")
         calls.append({"messages": HI, "extra_headers": {"X-Chaos-Key": f"dead{i}"}})
-    route = BudgetedRoute(make_call("proxy/dead", api_base=chaos_free.url), budget)
-    rows = run_batch_dask(calls, client=dask_client, call=route, chunk_size=5, progress=False,
-                          config=RetryConfig(max_attempts=4, initial_delay=0.01))
-    requests = len(chaos_free.journal())
-    assert requests == 45 and requests / len(rows) <= 1.2
-    assert len({r.worker for r in rows}) == 2
-    assert sum("retry budget exhausted" in (r.error or "") for r in rows) >= 35
-    assert asyncio.run(budget.level("proxy/dead")) == 5.0
+    rows = run_batch_dask(calls, client=dask_client, call=make_call("proxy/dead", api_base=chaos_free.url),
+                          chunk_size=5, concurrency=5, progress=False,
+                          config=RetryConfig(max_attempts=4, initial_delay=0.01, budget=budget,
+                                             breaker=breaker))
+    journal = chaos_free.journal()
+    assert sorted(r.index for r in rows) == list(range(40)) and len(rows) == 40
+    assert len({r.worker for r in rows}) == 2 and "lost" not in {r.worker for r in rows}
+    assert {r.outcome for r in rows} <= {"budget", "exhausted"}
+    assert sum(r.outcome == "budget" for r in rows) >= 35
+    assert len(journal) == sum(r.api_calls for r in rows) == 45
+    assert sum(r.attempts - 1 for r in rows) == 5  # the retries, from both workers together
+    assert len({e["key"] for e in journal}) == 40
+
+    async def shared() -> tuple[float, int]:
+        try:
+            return await budget.level("proxy/dead"), (await breaker.state("proxy/dead")).failures
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(shared()) == (5.0, 45)
+
+
+def test_a_dask_batch_warns_about_gates_on_a_memory_store():
+    """A budget or breaker on a MemoryStore, given as a keyword or inside config=, would not be
+    shared by the chunks of a Dask batch: each is named in a warning; a RedisStore is not."""
+    from loguru import logger
+
+    from retrylib.batch import _warn_local_state
+
+    seen: list[str] = []
+    handler = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{message}")
+    try:
+        _warn_local_state({"config": RetryConfig(budget=RetryBudget(), breaker=CircuitBreaker())})
+        _warn_local_state({"breaker": CircuitBreaker(),
+                           "budget": RetryBudget(store=RedisStore("redis://127.0.0.1:1/0"))})
+    finally:
+        logger.remove(handler)
+    assert [m.split(" keeps")[0] for m in seen] == [
+        "run_batch_dask: config.budget", "run_batch_dask: config.breaker", "run_batch_dask: breaker="]
+    assert all("each chunk" in m for m in seen)
