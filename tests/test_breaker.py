@@ -1,21 +1,25 @@
 """CircuitBreaker: per-model closed → open → half-open, driven by a clock the test steps (no
 sleeps), shared through a real redis-server, and in front of a dead primary behind the
-fault proxy (no request reaches it while the breaker is open)."""
+fault proxy (no request reaches it while the breaker is open), by hand and through the retry
+loop with a fallback model behind a second proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
 
+from retrylib import FallbackModel, RetryConfig, retry_with_validation
 from retrylib.breaker import CircuitBreaker, attempt_ok
 from retrylib.client import make_call
 from retrylib.errors import CircuitOpenError, ConfigError, ProxyHTTPError, RetryError
 from retrylib.result import Attempt
 from retrylib.state import MemoryStore, RedisStore
+from retrylib.testing.chaos import ChaosProxy
 
 
 class Clock:
@@ -189,3 +193,41 @@ async def test_no_request_reaches_a_dead_primary_while_open(chaos_free):
     with pytest.raises(ProxyHTTPError):
         await call(messages=messages)
     assert len(chaos_free.journal("dead")) == 4  # the probe went over the wire
+
+
+async def test_a_dead_primary_fails_over_within_one_cooldown_and_is_spared_while_open():
+    """Through the retry loop, over two fault proxies: a primary that answers 503 to everything
+    and a healthy fallback. The first call succeeds on the fallback well within one breaker
+    cooldown of the outage's start; while the breaker is open, the primary's journal does not
+    grow (every call goes straight to the fallback); after the cooldown exactly one probe
+    reaches it, and the call still succeeds on the fallback."""
+    cooldown, skipped = 5.0, [0.0]
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=cooldown,
+                             clock=lambda: time.monotonic() + skipped[0])
+    with ChaosProxy(upstream=None, upstream_free=True, plan=["503"] * 1000) as primary, \
+            ChaosProxy(upstream=None, upstream_free=True) as fallback:
+        config = RetryConfig(max_attempts=5, initial_delay=0.01, max_delay=0.02, breaker=breaker,
+                             fallback_models=[FallbackModel(model="proxy/fallback",
+                                                            api_base=fallback.url)])
+        call = make_call("proxy/primary", api_base=primary.url)
+        messages = [{"role": "user", "content": "hi"}]
+        t0 = time.monotonic()  # the primary is down from here
+        first = await retry_with_validation(call, messages, None, config)
+        took = time.monotonic() - t0
+        assert took < cooldown, took
+        assert [a.model for a in first.attempts] == ["proxy/primary"] * 3 + ["proxy/fallback"]
+        assert "breaker open" in (first.attempts[-1].note or "")
+        assert (len(primary.journal()), len(fallback.journal())) == (3, 1)
+        for i in range(10):  # the breaker is open: nothing reaches the primary
+            assert (await breaker.state("proxy/primary")).state == "open"
+            r = await retry_with_validation(call, messages, None, config)
+            assert [(a.model, a.outcome) for a in r.attempts] == [("proxy/fallback", "ok")]
+            assert (len(primary.journal()), len(fallback.journal())) == (3, 2 + i)
+        skipped[0] += cooldown  # one cooldown later: half-open, one probe goes
+        probed = await retry_with_validation(call, messages, None, config)
+        assert [a.model for a in probed.attempts] == ["proxy/primary", "proxy/fallback"]
+        assert probed.attempts[0].breaker_state == "half_open"
+        assert [e["status"] for e in primary.journal()] == [503] * 4
+        assert (await breaker.state("proxy/primary")).state == "open"
+        await retry_with_validation(call, messages, None, config)
+        assert len(primary.journal()) == 4
