@@ -312,28 +312,37 @@ class _Loop:
         self.gate_note = None
         self.last_messages = req.messages
         self.constrained_tried = self.constrained_tried or req.constrained
+        rounds: Any = None  # the tool stage's ToolRounds, filled in as its rounds go
+        starting = req.tools is not None
+        if starting:  # first: the start-up spends the deadline the bounds read
+            await self.start_tools(req)
+            if req.tools is not None:
+                from retrylib.tools.rounds import ToolRounds
+
+                rounds = ToolRounds(response=None, text=None)
         left = self.remaining()
         bound = self.config.attempt_timeout
         if bound is not None:
-            if self.route_bounds:  # the route holds ``timeout`` over the whole request itself,
-                bound = None       # and keeps its pool wait out of it (make_call's ModelCall)
-            else:  # the route's own timeout fires first; this bounds a dripping body
-                bound = bound * 1.02 + 0.01
+            if self.route_bounds and rounds is None:  # the route holds ``timeout`` over the
+                bound = None  # whole request, and keeps its pool wait out (make_call's ModelCall)
+            else:  # the route's own timeout fires first; this bounds a dripping body (and
+                bound = bound * 1.02 + 0.01  # the tool rounds: several requests and tool calls)
         if left is not None:
             req.kwargs["timeout"] = min(req.kwargs.get("timeout") or left, left)
             bound = left if bound is None else min(bound, left)
-        if req.tools is not None:
-            await self.start_tools(req)
         start = time.monotonic() - self.t0
         stamp = time.time()
+        if starting and left is not None and left <= 0:  # nothing is sent past the deadline
+            late = TimeoutError("the deadline passed while the MCP servers were starting")
+            return await self.transport_failure(late, req, n, start, stamp, rounds)
         try:
-            response = await self.invoke(req, bound)
+            response = await self.invoke(req, bound, rounds)
         except asyncio.CancelledError:
             raise
         except ConfigError:
             raise  # a programmer mistake the route found (a fallback's bad api_base): no retry
         except Exception as exc:
-            return await self.transport_failure(exc, req, n, start, stamp)
+            return await self.transport_failure(exc, req, n, start, stamp, rounds)
         end = time.monotonic() - self.t0
         result = await self.check(response, req.messages, n, req.text)
         text = self.last_text
@@ -356,6 +365,9 @@ class _Loop:
             a.cost, a.cache_hit = response_cost(response), is_cache_hit(response)
             a.finish_reason = extract_finish_reason(response)
             a.model = a.model or extract_model(response)
+        if rounds is not None:  # every request of the tool rounds, not the final one alone
+            a.tokens_in, a.tokens_out, a.cost = rounds.tokens_in, rounds.tokens_out, rounds.cost
+            a.requests = rounds.requests
         await self.report(a, req.kwargs)
         self.record(a)
         self.last_result = result
@@ -365,7 +377,9 @@ class _Loop:
                        fatal=fatal)
 
     async def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
-                                stamp: float) -> Outcome:
+                                stamp: float, rounds: Any = None) -> Outcome:
+        """Record an attempt that got no answer. ``rounds``: the tool stage's ToolRounds,
+        whose tool calls, requests and tokens so far stay in the record."""
         verdict = self.classify(exc)
         self.last_exc, self.last_verdict = exc, verdict
         self.last_error = error_facts(exc, verdict)
@@ -377,6 +391,13 @@ class _Loop:
                                     f"{verdict.status_code})")
             req.notes = [f"constrained stage skipped: {self.constrained_off}"]
             kind = REJECTED
+        rounds = rounds if rounds is not None else getattr(exc, "tool_rounds", None)
+        if rounds is not None:
+            req.tool_calls = tuple(r.to_dict() for r in rounds.calls)
+            req.notes.append(f"tool stage: {rounds.rounds} tool round(s), {len(rounds.calls)} "
+                             f"tool call(s), {rounds.requests} request(s) before it failed"
+                             + (f"; {rounds.running} was running when it ended"
+                                if rounds.running else ""))
         a = Attempt(
             n, start, time.monotonic() - self.t0, "transport_error",
             self.ladder.stages[self.stage].name, self.scheduled, self.retry_after, self.slept,
@@ -385,7 +406,10 @@ class _Loop:
             tool_suggested=req.tool_suggested, mcp_config_sent=req.mcp,
             constrained=req.constrained, model=req.kwargs.get("model") or self.call_model,
             note="; ".join(req.notes) if req.notes else None, messages_sent=len(req.messages),
-            timestamp=stamp)
+            timestamp=stamp, tool_calls=req.tool_calls)
+        if rounds is not None:  # the requests of the rounds that were answered used tokens
+            a.tokens_in, a.tokens_out, a.cost = rounds.tokens_in, rounds.tokens_out, rounds.cost
+            a.requests = rounds.requests
         await self.report(a, req.kwargs)
         self.record(a)
         return Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
@@ -404,8 +428,9 @@ class _Loop:
                                   base.retry_after, base.status_code, base.error_type, base.headers)
         return verdict
 
-    async def invoke(self, req: Request, bound: float | None) -> Any:
-        """Send the request; within ``bound`` seconds when there is a bound."""
+    async def invoke(self, req: Request, bound: float | None, rounds: Any = None) -> Any:
+        """Send the request; within ``bound`` seconds when there is a bound. The tool stage's
+        rounds fill in ``rounds`` (a ToolRounds) as they go."""
         if req.tools is not None:
             from retrylib.tools.rounds import run_tool_rounds
 
@@ -415,7 +440,8 @@ class _Loop:
                 force = c.debug_tool_name if c.debug_tool_name in req.tools.tools else True
             aw: Any = run_tool_rounds(self.call, req.messages, req.kwargs, req.tools,
                                       max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout,
-                                      on_request=self.tool_request, force_tool=force)
+                                      on_request=self.tool_request, force_tool=force,
+                                      record=rounds)
         elif self.sync_call:  # a plain function; it may still return an awaitable
             if bound is None:
                 out = self.call(messages=req.messages, **req.kwargs)
@@ -446,13 +472,24 @@ class _Loop:
         return out
 
     async def start_tools(self, req: Request) -> None:
-        """Start the tool stage's MCP servers (once per call; the call closes them). A server
-        that does not start leaves the attempt without tools, and the note says why."""
+        """Start the tool stage's MCP servers (once per call; the call closes them), within
+        what is left of the deadline. Servers that do not start leave the attempt without
+        tools, and the note says why; they are not started again in this call."""
+        session = req.tools
+        failed = getattr(session, "start_error", None)
+        if failed is not None:  # spawning them again on every attempt would fail the same way
+            req.notes.append(f"tool stage without tools: the MCP servers did not start earlier "
+                             f"in this call ({type(failed).__name__}); not started again")
+            req.tools = None
+            return
+        left = self.remaining()
         try:
-            await req.tools.start()
+            await session.start(timeout=left)
         except Exception as exc:  # ToolServerError, or a command that is gone
             logger.warning("tool stage: the MCP servers did not start: {}", exc)
-            req.notes.append(f"tool stage without tools: the MCP servers did not start "
+            within = (f" within the {max(left, 0.0):.3g}s left of the deadline"
+                      if left is not None and left < session.startup_timeout else "")
+            req.notes.append(f"tool stage without tools: the MCP servers did not start{within} "
                              f"({type(exc).__name__}: {str(exc)[:200]})")
             req.tools = None
 

@@ -52,6 +52,9 @@ class Attempt:
             ``half_open``), when a breaker is configured.
         tool_calls: the tool stage's executed tool calls: dicts of ``name``, ``arguments``,
             ``result``, ``is_error``, ``duration``, ``round``.
+        requests: the requests the attempt sent: 1, or with the tool stage's rounds each
+            tool round and the final request (their tokens and cost are all in
+            ``tokens_in``, ``tokens_out`` and ``cost``).
     """
 
     number: int
@@ -84,6 +87,7 @@ class Attempt:
     budget_level: float | None = None
     breaker_state: str | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()
+    requests: int = 1
 
     @property
     def duration(self) -> float:
@@ -109,10 +113,12 @@ class RetryResult:
         warnings: empty when every check passed. Otherwise the attempts ran out and the
             answer returned is one that failed only ``Soft`` checks; these are its errors.
         accepted_attempt: the number of the attempt whose answer this is.
-        metrics: ``api_calls``, ``total_seconds``, ``sleep_seconds``, ``tokens_in``,
-            ``tokens_out``, ``cost``, ``cache_hits``, ``stage_reached``,
-            ``validation_failures``, ``transport_errors``, ``validator_api_calls``,
-            ``validator_tokens_in``, ``validator_tokens_out``, ``total_api_calls``,
+        metrics: ``api_calls`` (attempts), ``requests`` (the requests they sent: more
+            than ``api_calls`` when the tool stage ran tool rounds), ``total_seconds``,
+            ``sleep_seconds``, ``tokens_in``, ``tokens_out``, ``cost``, ``cache_hits``,
+            ``stage_reached``, ``validation_failures``, ``transport_errors``,
+            ``validator_api_calls``, ``validator_tokens_in``, ``validator_tokens_out``,
+            ``total_api_calls`` (``requests`` plus ``validator_api_calls``),
             ``accepted_with_warnings`` (an answer that failed only ``Soft`` checks), plus
             what the hooks add: ``process_traced_peak_bytes`` with ``trace_memory``
             (process-wide: see ``retrylib.hooks.MemoryHook``), ``rss_peak_bytes`` with an
@@ -156,9 +162,10 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
 def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str) -> dict[str, Any]:
     """The metrics dict of a call, from its attempts and the calls its validators made."""
     slept = cost = 0.0
-    tin = tout = hits = invalid = transport = tools = 0
+    tin = tout = hits = invalid = transport = tools = sent = 0
     for a in attempts:  # one pass: this runs once per call, on the hot path
         slept += a.slept
+        sent += a.requests
         tin += a.tokens_in
         tout += a.tokens_out
         cost += a.cost
@@ -172,6 +179,7 @@ def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str
     n = len(attempts)
     m: dict[str, Any] = {
         "api_calls": n,
+        "requests": sent,
         "total_seconds": (attempts[-1].end if attempts else 0.0),
         "sleep_seconds": slept,
         "tokens_in": tin,
@@ -190,7 +198,7 @@ def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str
         m["validator_api_calls"] = sum(r.metrics.get("total_api_calls", 0) for r in subresults)
         m["validator_tokens_in"] = sum(_nested(r, "tokens_in") for r in subresults)
         m["validator_tokens_out"] = sum(_nested(r, "tokens_out") for r in subresults)
-    m["total_api_calls"] = n + m["validator_api_calls"]
+    m["total_api_calls"] = sent + m["validator_api_calls"]
     m["cache_hit_rate"] = hits / n if n else 0.0
     return m
 

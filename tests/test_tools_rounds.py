@@ -23,7 +23,7 @@ from retrylib import ConfigError, make_call
 from retrylib.testing import ScriptedCall, reply
 from retrylib.testing.chaos import ChaosProxy
 from retrylib.testing.local import LocalModelServer
-from retrylib.tools import ToolSession, default_debug_tool_config, run_tool_rounds
+from retrylib.tools import ToolRounds, ToolSession, default_debug_tool_config, run_tool_rounds
 from retrylib.tools.rounds import FINAL_ASK, parse_arguments, tool_calls_of, unescape_entities
 
 pytestmark = pytest.mark.timeout(300)
@@ -157,6 +157,29 @@ async def test_arguments_cut_at_max_tokens_are_reported_as_cut_short(proxy, tool
     (rec,) = r.calls
     assert (rec.error, rec.arguments, rec.raw_arguments) == ("cut_short", None, args)
     assert "cut off at max_tokens" in bodies(proxy)[1]["messages"][2]["content"]
+
+
+async def test_max_tokens_bound_in_the_route_also_marks_a_cut_reply(proxy, tools):
+    """max_tokens set in make_call (the route's defaults), not per call: a reply that used
+    all of it is still told apart from bad JSON, as cut short."""
+    args = '{"code": "for i in range(3):\\n    print(i'
+    proxy.set_plan([f"tool_call:run_python:{args}", "reply:x"])
+    call = make_call("proxy/scripted", api_base=proxy.url, max_tokens=len(args.split()))
+    r = await run_tool_rounds(call, TASK, {}, tools, max_rounds=1)
+    assert (r.calls[0].error, r.calls[0].arguments) == ("cut_short", None)
+    assert "cut off at max_tokens" in bodies(proxy)[1]["messages"][2]["content"]
+
+
+async def test_tokens_of_every_request_are_summed_and_a_given_record_is_filled(proxy, tools):
+    """ToolRounds sums the usage of the tool round and of the final request; with record=,
+    that record is the one filled in and returned."""
+    proxy.set_plan([tool_call("print(1)"), "reply:one two three"])
+    record = ToolRounds(response=None, text=None)
+    r = await run_tool_rounds(call_of(proxy), TASK, {}, tools, max_rounds=1, record=record)
+    words = [sum(len(str(m.get("content") or "").split()) for m in b["messages"])
+             for b in bodies(proxy)]
+    assert r is record and (r.requests, r.tokens_in, r.tokens_out) == (2, sum(words), 2 + 3)
+    assert r.running is None and r.calls[0].text == "1\n"
 
 
 async def test_raw_newlines_inside_json_strings_are_accepted(proxy, tools):

@@ -58,6 +58,40 @@ def test_invalid_config_is_a_config_error_naming_the_problem(config, message):
     assert {p.pid for p in descendants()} <= before  # nothing was started
 
 
+@pytest.mark.parametrize("value", [0, -1, "10", True, 60_000, float("inf")])
+def test_a_server_timeout_that_is_not_seconds_is_a_config_error(value):
+    """A server's 'timeout' must be seconds in (0, 3600]: milliseconds, strings, booleans and
+    infinity are refused, naming the server and the key."""
+    with pytest.raises(ConfigError, match=r"MCP server 'py': 'timeout' must be a number of seconds"):
+        ToolSession({"mcpServers": {"py": server(timeout=value)}})
+
+
+async def test_a_servers_timeout_bounds_each_call_of_its_tools():
+    """'timeout': 0.5 in the server's entry wins over the caller's 60 s: the call ends as a
+    timeout after about 0.5 s; a server without it keeps the caller's."""
+    config = {"mcpServers": {"quick": server(timeout=0.5), "plain": server()}}
+    async with ToolSession(config) as session:
+        quick = await session.call("quick_run_python", {"code": "import time; time.sleep(5)"},
+                                   timeout=60)
+        plain = await session.call("plain_run_python", {"code": "import time; time.sleep(1); print(1)"},
+                                   timeout=60)
+    assert (quick.error, plain.error) == ("timeout", None)
+    assert "within 0.5 s" in quick.text and quick.duration < 4
+
+
+async def test_start_within_a_timeout_and_the_failure_is_remembered():
+    """start(timeout=1) bounds a server that never answers, whatever startup_timeout says;
+    the error stays in start_error for the caller to read."""
+    config = {"mcpServers": {"mute": {"command": PY, "args": ["-c", "import time; time.sleep(60)"]}}}
+    before = {p.pid for p in descendants()}
+    session = ToolSession(config, startup_timeout=30)
+    t0 = time.monotonic()
+    with pytest.raises(ToolServerError, match="'mute' did not start: timed out"):
+        await session.start(timeout=1)
+    assert time.monotonic() - t0 < 8 and isinstance(session.start_error, ToolServerError)
+    assert_all_gone([p for p in descendants() if p.pid not in before])
+
+
 def test_config_resolves_names_on_path_and_keeps_a_venv_symlink():
     """A bare command is looked up on PATH; an absolute one is kept as given (not resolved,
     or a venv's python would lose its venv)."""

@@ -1,11 +1,16 @@
 """The tool rounds of one attempt: offer the tools, run the model's calls, ask for the answer.
 
 :func:`run_tool_rounds` is what the retry loop's tool stage calls in place of its one
-request. Each round sends the conversation with ``tools=`` and ``tool_choice="auto"``,
-runs every tool call the reply holds through the :class:`~retrylib.tools.ToolSession`, and
-feeds the results back. When the model answers in plain text, or the rounds are used up,
-one last request *without* tools asks for the final answer, which the loop then validates.
-At most ``max_rounds`` + 1 requests.
+request. Each round sends the conversation with ``tools=``, runs every tool call the reply
+holds through the :class:`~retrylib.tools.ToolSession`, and feeds the results back. The
+rounds are ``tool_choice="auto"``, except that ``force_tool`` makes the first one force a
+named function; the loop does that by default (``RetryConfig.tool_choice="force"``), since
+the small models measured here never chose a tool in ``auto`` mode (pitfall 4). When the
+model answers in plain text, or the rounds are used up, one last request *without* tools
+asks for the final answer, which the loop then validates. At most ``max_rounds`` + 1
+requests; their tokens and cost are summed in :class:`ToolRounds`, which is filled in as the
+rounds go (pass ``record=``), so what ran survives a request that fails, a cancel or a
+timeout.
 
 The measured pitfalls of llama.cpp's templates (``../shared/MCP.md``), and what is done:
 
@@ -25,7 +30,8 @@ The measured pitfalls of llama.cpp's templates (``../shared/MCP.md``), and what 
    are un-escaped in the parsed arguments, and in the final text (:attr:`ToolRounds.text`);
 6. arguments that do not parse are not run as ``{}``: the model is told, as a tool error;
 7. a reply cut at ``max_tokens`` still says ``finish_reason="tool_calls"``: arguments that
-   do not parse, or ``completion_tokens`` reaching ``max_tokens``, mark it as cut short;
+   do not parse, or ``completion_tokens`` reaching ``max_tokens`` (per call, or bound in
+   the route: ``make_call(..., max_tokens=N)``), mark it as cut short;
 8. the "message" path of chatml-function-calling returns empty content: an empty plain
    answer (or used-up rounds) leads to the final request without tools.
 """
@@ -43,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from retrylib.errors import ConfigError
-from retrylib.extract import _get, extract_finish_reason, extract_text, extract_usage
+from retrylib.extract import _get, extract_finish_reason, extract_text, extract_usage, response_cost
 from retrylib.tools.session import ToolSession
 
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|amp|lt|gt|quot|apos);")
@@ -104,8 +110,10 @@ class ToolRounds:
         ended: ``answered`` (a plain answer in a tool round), ``no_tool_call`` (an empty plain
             answer, then the final request), ``rounds_used`` (then the final request),
             ``no_tools`` (the session offers none: one plain request).
-        tokens_in, tokens_out: summed over every request.
-        duration: seconds, from the first request to the final answer.
+        tokens_in, tokens_out, cost: summed over every request that was answered.
+        duration: seconds, from the first request to the final answer (or to the end).
+        running: the tool whose call was in flight when the rounds ended early (a cancel
+            or a timeout), else ``None``.
     """
 
     response: Any
@@ -117,7 +125,9 @@ class ToolRounds:
     ended: Literal["answered", "no_tool_call", "rounds_used", "no_tools"] = "answered"
     tokens_in: int = 0
     tokens_out: int = 0
+    cost: float = 0.0
     duration: float = 0.0
+    running: str | None = None
 
     @property
     def extra_requests(self) -> int:
@@ -224,6 +234,7 @@ async def run_tool_rounds(
     result_role: Literal["user", "tool"] = "user",
     unescape_html: bool = True,
     force_tool: str | bool | None = None,
+    record: ToolRounds | None = None,
 ) -> ToolRounds:
     """Let the model call tools for up to ``max_rounds`` rounds, then get its final answer.
 
@@ -247,9 +258,12 @@ async def run_tool_rounds(
             or ``True`` for the first tool offered: the first round forces that function
             (``{"type": "function", "function": {"name": ...}}``, which llama.cpp honours with
             ``max_tokens``), later rounds are ``auto``.
+        record: the :class:`ToolRounds` to fill in (and return); the caller keeps what
+            ran so far in it even when the rounds are cancelled or time out. ``None``: a
+            new one.
 
     Returns:
-        A :class:`ToolRounds`.
+        A :class:`ToolRounds` (``record`` when given).
 
     Raises:
         ConfigError: ``max_rounds`` < 0, ``tool_timeout`` <= 0, ``result_role`` unknown, or
@@ -265,10 +279,14 @@ async def run_tool_rounds(
         raise ConfigError(f"result_role must be 'user' or 'tool', got {result_role!r}")
     t0 = time.monotonic()
     base = {k: v for k, v in copy.deepcopy(dict(kwargs)).items() if k not in _TOOL_KWARGS}
-    max_tokens = base.get("max_tokens") or base.get("max_completion_tokens")
+    # A bound set in the route (make_call's defaults) cuts the reply as surely as a kwarg.
+    bound = getattr(call, "defaults", None)
+    defaults: Mapping[str, Any] = bound if isinstance(bound, Mapping) else {}
+    max_tokens = (base.get("max_tokens") or base.get("max_completion_tokens")
+                  or defaults.get("max_tokens") or defaults.get("max_completion_tokens"))
     tools = session.openai_tools()
     forced = _forced_name(force_tool, [t["function"]["name"] for t in tools])
-    out = ToolRounds(response=None, text=None)
+    out = record if record is not None else ToolRounds(response=None, text=None)
     convo = copy.deepcopy(list(messages))
 
     async def send(kind: str, rnd: int, msgs: list[dict[str, Any]], kw: dict[str, Any]) -> Any:
@@ -281,6 +299,7 @@ async def run_tool_rounds(
         tin, tout = extract_usage(response)
         out.tokens_in += tin
         out.tokens_out += tout
+        out.cost += response_cost(response)
         return response
 
     def finish(response: Any, msgs: list[dict[str, Any]], ended: Any) -> ToolRounds:
@@ -313,8 +332,12 @@ async def run_tool_rounds(
             out.rounds = rnd
             _, tout = extract_usage(response)
             cut = extract_finish_reason(response) == "length" or bool(max_tokens and tout >= max_tokens)
-            records = [await _run_one(session, tc, rnd, cut, tool_timeout) for tc in calls]
-            out.calls += records
+            records = []
+            for tc in calls:  # each one recorded as it ends: a cancel keeps those that ran
+                out.running = tc["name"]
+                records.append(await _run_one(session, tc, rnd, cut, tool_timeout))
+                out.running = None
+                out.calls.append(records[-1])
             convo.append({"role": "assistant", "content": "", "tool_calls": [
                 {"id": tc["id"], "type": "function",
                  "function": {"name": tc["name"], "arguments": tc["arguments"]}} for tc in calls]})
@@ -324,7 +347,7 @@ async def run_tool_rounds(
                 convo.append({"role": "user", "content": _results_message(records)})
         final_msgs = [*convo, {"role": "user", "content": FINAL_ASK}]
         return finish(await send("final", out.rounds + 1, final_msgs, base), final_msgs, ended)
-    except Exception as exc:
+    except BaseException as exc:  # a cancel or a timeout too: the record says how far it got
         out.duration = time.monotonic() - t0
         try:
             exc.tool_rounds = out  # type: ignore[attr-defined]

@@ -9,6 +9,8 @@ The Claude-style form (what ``RetryConfig.debug_tool_mcp_config`` holds)::
     }}
 
 A server with ``command`` runs over stdio; one with ``url`` is reached over streamable HTTP.
+``timeout`` (seconds, as in Cline's config) bounds each call of that server's tools; it
+wins over the session's and the caller's per-call timeout (``RetryConfig.tool_timeout``).
 ``type`` may say so explicitly (``stdio``, ``http``, ``streamable-http``); ``sse`` (the
 deprecated transport) is refused. A server marked ``"disabled": true`` is skipped. Every
 problem is a :class:`~retrylib.errors.ConfigError` that names the server and the field.
@@ -42,6 +44,7 @@ class ServerSpec:
         command: the executable, resolved to an absolute path (stdio).
         args, env, cwd: as configured (stdio).
         url, headers: as configured (http).
+        timeout: seconds per tool call for this server's tools (``None``: the caller's).
     """
 
     name: str
@@ -52,6 +55,7 @@ class ServerSpec:
     cwd: str | None = None
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
 
 
 def parse_mcp_config(config: Any) -> list[ServerSpec]:
@@ -67,7 +71,8 @@ def parse_mcp_config(config: Any) -> list[ServerSpec]:
         ConfigError: no ``mcpServers``, an empty one, a server that is not a dict, has
             neither ``command`` nor ``url`` (or both), a command not found, an ``args`` that
             is not a list of strings, an ``env`` that is not a dict of strings, a missing
-            ``cwd``, a URL that is not http(s), or an unsupported ``type``.
+            ``cwd``, a URL that is not http(s), an unsupported ``type``, or a ``timeout``
+            that is not a number of seconds in (0, 3600].
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"the MCP config must be a dict with 'mcpServers', got {type(config).__name__}")
@@ -106,6 +111,7 @@ def _parse_server(name: str, entry: Mapping[str, Any]) -> ServerSpec:
         raise ConfigError(f"{where}: unsupported type {kind!r}{hint}; use 'stdio' or 'http'")
     if command is not None and url is not None:
         raise ConfigError(f"{where}: has both 'command' and 'url'; give one")
+    timeout = _timeout(where, entry.get("timeout"))
     if command is None and url is None:
         raise ConfigError(f"{where}: has neither 'command' (a stdio server) nor 'url' "
                           "(a streamable HTTP server)")
@@ -115,7 +121,8 @@ def _parse_server(name: str, entry: Mapping[str, Any]) -> ServerSpec:
         parsed = urlparse(str(url))
         if not isinstance(url, str) or parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"{where}: 'url' must be an http(s) URL, got {url!r}")
-        return ServerSpec(name, "http", url=url, headers=_str_dict(where, "headers", entry.get("headers")))
+        return ServerSpec(name, "http", url=url, headers=_str_dict(where, "headers", entry.get("headers")),
+                          timeout=timeout)
     if not isinstance(command, str) or not command.strip():
         raise ConfigError(f"{where}: 'command' must be a non-empty string, got {command!r}")
     args = entry.get("args", [])
@@ -128,7 +135,18 @@ def _parse_server(name: str, entry: Mapping[str, Any]) -> ServerSpec:
             raise ConfigError(f"{where}: 'cwd' {cwd!r} is not an existing directory")
         cwd = str(cwd)
     return ServerSpec(name, "stdio", command=_resolve(where, command, env, cwd), args=tuple(args),
-                      env=env, cwd=cwd)
+                      env=env, cwd=cwd, timeout=timeout)
+
+
+def _timeout(where: str, value: Any) -> float | None:
+    """The server's ``timeout``, in seconds. Above an hour it is refused: a value in
+    milliseconds (as some clients write it) would otherwise wait for days."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ConfigError(f"{where}: 'timeout' must be a number of seconds in (0, 3600] (the "
+                          f"limit of each tool call), got {value!r}")
+    return float(value)
 
 
 def _str_dict(where: str, key: str, value: Any) -> dict[str, str]:

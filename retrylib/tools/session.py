@@ -82,7 +82,12 @@ class ToolSession:
         errlog: where the servers' stderr goes: a path, or an open text file; ``None``: a
             temporary log file (``log_path``).
         startup_timeout: seconds each server may take to start and answer ``initialize``.
-        timeout: the default seconds per tool call.
+        timeout: the default seconds per tool call (a server's own ``timeout`` key wins for
+            its tools).
+
+    Attributes:
+        start_error: the error of the last :meth:`start` that failed (``None`` once started);
+            the retry loop reads it so as not to start failing servers again in one call.
 
     Raises:
         ConfigError: the config is invalid (raised by the constructor, before any process).
@@ -92,6 +97,7 @@ class ToolSession:
     def __init__(self, config: Mapping[str, Any], *, errlog: str | Path | IO[str] | None = None,
                  startup_timeout: float = 30.0, timeout: float = 10.0):
         self.specs: list[ServerSpec] = parse_mcp_config(config)
+        self._timeouts = {s.name: s.timeout for s in self.specs if s.timeout is not None}
         require("mcp", "the tool stage's MCP client")
         self.startup_timeout = float(startup_timeout)
         self.timeout = float(timeout)
@@ -102,7 +108,9 @@ class ToolSession:
         self._runner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._opening = ""
+        self._start_by: float | None = None
         self.started_in: float | None = None
+        self.start_error: Exception | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._runner is not None else "closed"
@@ -116,8 +124,13 @@ class ToolSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def start(self) -> ToolSession:
+    async def start(self, timeout: float | None = None) -> ToolSession:
         """Start, initialize and list every server; on any failure, stop those started.
+
+        Args:
+            timeout: seconds the whole start may take, all servers together (a call's
+                remaining deadline), besides ``startup_timeout`` per server; ``None``: no
+                bound but that one.
 
         The servers live in a task of their own, so ``start``, :meth:`call` and
         :meth:`aclose` may each run in any task (anyio's task groups, which the SDK's
@@ -125,19 +138,24 @@ class ToolSession:
         ``asyncio.wait_for`` around an attempt would otherwise break the close).
 
         Raises:
-            ToolServerError: a server exited, or did not answer within ``startup_timeout``.
+            ToolServerError: a server exited, or did not answer within ``startup_timeout``
+                (or ``timeout``).
         """
         if self._runner is not None:
             return self
         t0 = time.monotonic()
+        self._start_by = None if timeout is None else t0 + max(0.0, float(timeout))
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = asyncio.Event()
         self._runner = asyncio.create_task(self._run(ready), name="retrylib-mcp-servers")
         try:
             await asyncio.shield(ready)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.start_error = exc
             await self.aclose()  # also when start() itself is cancelled
             raise
+        self.start_error = None
         self.started_in = time.monotonic() - t0
         logger.debug("MCP servers {} up in {:.2f}s, tools {}", list(self._sessions),
                      self.started_in, list(self.tools))
@@ -178,7 +196,10 @@ class ToolSession:
                 # Only the requests are timed: a transport's task group must not be entered
                 # inside a cancel scope that ends before it does (anyio refuses that).
                 session = await self._connect(stack, spec, errlog)
-                with anyio.fail_after(self.startup_timeout):
+                limit = self.startup_timeout
+                if self._start_by is not None:
+                    limit = max(0.0, min(limit, self._start_by - time.monotonic()))
+                with anyio.fail_after(limit):
                     await session.initialize()
                     tools = (await session.list_tools()).tools
             except Exception as exc:
@@ -269,7 +290,8 @@ class ToolSession:
         Args:
             name: the tool's name as offered (:meth:`openai_tools`).
             arguments: a dict (``None``: no arguments).
-            timeout: seconds; ``None``: the session's ``timeout``.
+            timeout: seconds; ``None``: the session's ``timeout``. A ``timeout`` in the
+                server's config entry wins over both.
 
         Raises:
             RuntimeError: the session is not started (a programmer mistake).
@@ -293,7 +315,7 @@ class ToolSession:
         problem = check_arguments(args, tool.parameters)
         if problem:
             return result(f"bad arguments for {name}: {problem}", "bad_arguments")
-        limit = self.timeout if timeout is None else float(timeout)
+        limit = self._timeouts.get(tool.server) or (self.timeout if timeout is None else float(timeout))
         try:
             res = await self._sessions[tool.server].call_tool(tool.remote_name, dict(args),
                                                               read_timeout_seconds=limit)
