@@ -80,7 +80,8 @@ class BatchRow:
         reason: the error's ``reason`` code (``max_attempts``, ``deadline``, ...), or ``None``.
         attempts: the attempts the call made.
         api_calls: every request it sent, its validators' (``LLMJudge``) included.
-        tokens_in, tokens_out, cost: its use, its validators' included.
+        tokens_in, tokens_out, cost: its use, its validators' calls (``LLMJudge``, nested
+            ones too) included.
         stage_reached: the last escalation stage reached.
         error_type: the exception's class name, or ``None``.
         error: the exception's message (at most 300 characters), or ``None``.
@@ -134,7 +135,8 @@ def _row(index: int, outcome: Any, t0: float, wall: float, worker: str) -> Batch
         api_calls=int(metrics.get("total_api_calls", len(attempts))),
         tokens_in=int(metrics.get("tokens_in", 0)) + int(metrics.get("validator_tokens_in", 0)),
         tokens_out=int(metrics.get("tokens_out", 0)) + int(metrics.get("validator_tokens_out", 0)),
-        cost=float(metrics.get("cost", 0.0) or 0.0), stage_reached=metrics.get("stage_reached"),
+        cost=float(metrics.get("cost", 0.0) or 0.0) + float(metrics.get("validator_cost", 0.0) or 0.0),
+        stage_reached=metrics.get("stage_reached"),
         latency=latency, timestamp=wall, worker=worker)
     if isinstance(outcome, BaseException):
         reason = getattr(outcome, "reason", None)

@@ -206,9 +206,9 @@ class _Loop:
 
         first = len(self.attempts) + 1 == self.first_number
         if self.cap is not None and not first:
-            sub = sum(getattr(r, "metrics", {}).get("tokens_in", 0)
-                      + getattr(r, "metrics", {}).get("tokens_out", 0) for r in self.subresults)
-            cd = self.cap.check(self.attempts, extra_tokens=sub)
+            sub = summarize([], self.subresults, "")  # the validators' calls, nested ones too
+            cd = self.cap.check(self.attempts, extra_cost=sub["validator_cost"],
+                                extra_tokens=sub["validator_tokens_in"] + sub["validator_tokens_out"])
             if not cd.allowed:
                 return self._refuse(cd, "cap")
         try:

@@ -118,6 +118,7 @@ class RetryResult:
             ``sleep_seconds``, ``tokens_in``, ``tokens_out``, ``cost``, ``cache_hits``,
             ``stage_reached``, ``validation_failures``, ``transport_errors``,
             ``validator_api_calls``, ``validator_tokens_in``, ``validator_tokens_out``,
+            ``validator_cost`` (the calls validators made, nested ones included),
             ``total_api_calls`` (``requests`` plus ``validator_api_calls``),
             ``accepted_with_warnings`` (an answer that failed only ``Soft`` checks), plus
             what the hooks add: ``process_traced_peak_bytes`` with ``trace_memory``
@@ -192,12 +193,14 @@ def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str
         "validator_api_calls": 0,
         "validator_tokens_in": 0,
         "validator_tokens_out": 0,
+        "validator_cost": 0.0,
         "tool_calls": tools,
     }
     if subresults:
         m["validator_api_calls"] = sum(r.metrics.get("total_api_calls", 0) for r in subresults)
         m["validator_tokens_in"] = sum(_nested(r, "tokens_in") for r in subresults)
         m["validator_tokens_out"] = sum(_nested(r, "tokens_out") for r in subresults)
+        m["validator_cost"] = sum(_nested_cost(r) for r in subresults)
     m["total_api_calls"] = sent + m["validator_api_calls"]
     m["cache_hit_rate"] = hits / n if n else 0.0
     return m
@@ -206,3 +209,9 @@ def summarize(attempts: list[Attempt], subresults: list[Any], stage_reached: str
 def _nested(result: Any, key: str) -> int:
     """A sub-call's own tokens plus those of the validators inside it."""
     return int(result.metrics.get(key, 0)) + int(result.metrics.get(f"validator_{key}", 0))
+
+
+def _nested_cost(result: Any) -> float:
+    """A sub-call's own cost plus that of the validators inside it."""
+    m = result.metrics
+    return float(m.get("cost", 0.0) or 0.0) + float(m.get("validator_cost", 0.0) or 0.0)

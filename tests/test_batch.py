@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from retrylib import RetryConfig
+from retrylib import RetryConfig, RetryResult
 from retrylib import validators as V
 from retrylib.batch import BatchRow, batch_summary, rows_frame, run_batch, run_batch_sync
 from retrylib.breaker import CircuitBreaker
@@ -18,7 +18,8 @@ from retrylib.budget import RetryBudget
 from retrylib.client import make_call
 from retrylib.errors import ConfigError
 from retrylib.state import RedisStore
-from retrylib.testing import ScriptedCall, http_error, set_testing
+from retrylib.testing import ScriptedCall, http_error, reply, set_testing
+from retrylib.validators.base import ValidationResult
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -209,3 +210,23 @@ def test_a_dask_batch_warns_about_gates_on_a_memory_store():
     assert [m.split(" keeps")[0] for m in seen] == [
         "run_batch_dask: config.budget", "run_batch_dask: config.breaker", "run_batch_dask: breaker="]
     assert all("each chunk" in m for m in seen)
+
+
+class PaidCheck:
+    """A validator that makes a model call of its own (as LLMJudge does), recorded in the
+    context's subresults: 7 tokens and $0.25 each time it runs; passes "ok" only."""
+
+    def validate(self, text, context):
+        context.subresults.append(RetryResult(content="", response=None, metrics={
+            "total_api_calls": 1, "tokens_in": 5, "tokens_out": 2, "cost": 0.25}))
+        return ValidationResult.ok() if text == "ok" else ValidationResult.fail("say ok")
+
+
+async def test_a_rows_use_includes_its_validators_calls():
+    """A call whose validator paid for two calls of its own: the row's tokens and cost hold
+    the validator's (its attempts cost nothing here), and so do its api_calls."""
+    call = ScriptedCall([reply("no", tokens=(3, 1)), reply("ok", tokens=(3, 1))])
+    rows = await run_batch([HI], call=call, validators=[PaidCheck()], progress=False)
+    r = rows[0]
+    assert (r.outcome, r.attempts, r.api_calls) == ("ok", 2, 4)
+    assert (r.tokens_in, r.tokens_out, r.cost) == (6 + 10, 2 + 4, 0.5)

@@ -376,3 +376,21 @@ async def test_redis_killed_mid_batch_with_local_fallback_finishes_the_batch(red
     assert store.degraded
     said = [w for w in warnings_logged if "did not answer" in w]
     assert len(said) == 1 and redis_server.url in said[0] and "process-local" in said[0]
+
+
+async def test_the_cost_cap_counts_what_the_validators_spent():
+    """``max_total_cost``: a validator's own model calls ($0.25 per answer checked) count in
+    the call's cost, so the call ends before the attempt after the cap was passed, even though
+    the attempts themselves report no cost."""
+
+    class PaidCheck:
+        def validate(self, text, context):
+            context.subresults.append(RetryResult(content="", response=None, metrics={
+                "total_api_calls": 1, "tokens_in": 5, "tokens_out": 2, "cost": 0.25}))
+            return V.RegexMatch("^ok$").validate(text, context)
+
+    call = ScriptedCall([reply("bad", tokens=(3, 1))] * 5)
+    with pytest.raises(CallCapExceededError) as info:
+        await retry_with_validation(call, PROMPT, [PaidCheck()], cfg(max_total_cost=0.6))
+    assert call.calls == 3 and info.value.reason == "cap_cost"
+    assert info.value.used == 0.75 and info.value.metrics["validator_cost"] == 0.75
