@@ -1,11 +1,13 @@
 """The tool stage end to end on the real embedded model (issue 14): a call that reaches the
 tool stage makes a real MCP tool call through retrylib's loop; its result is in the next
-request on the wire (the fault proxy's journal); no MCP process is left afterwards."""
+request on the wire (the fault proxy's journal); no process is left afterwards: neither the
+MCP server nor the ``python -I -c`` child that ran the model's code."""
 
 from __future__ import annotations
 
 import psutil
 import pytest
+from processes import assert_all_gone, descendants
 
 from retrylib import RetryConfig, retry_with_validation
 from retrylib.client import make_call
@@ -20,11 +22,19 @@ QUESTION = [{"role": "user", "content": "What is 12345 * 6789? Use run_python to
 
 class FirstAnswerFails:
     """Fails the first attempt whatever it says (so the call reaches the tool stage), then
-    accepts any non-empty answer: the test is about the tool path, not the model's maths."""
+    accepts any non-empty answer: the test is about the tool path, not the model's maths.
+    On attempt 2 it notes the processes the tool stage left running (its MCP server), with
+    their command lines read then (they are gone when the test reads them)."""
 
     name = "first_answer_fails"
 
+    def __init__(self, before: set[int]):
+        self.before = before
+        self.seen: list[tuple[psutil.Process, str]] = []
+
     async def validate(self, text, context):
+        if context.attempt == 2:
+            self.seen = [(p, _cmdline(p)) for p in descendants() if p.pid not in self.before]
         if context.attempt == 1:
             return ValidationResult.fail("compute it with the tool first")
         return ValidationResult.ok() if text.strip() else ValidationResult.fail("empty answer")
@@ -36,14 +46,19 @@ def tool_server():
         yield srv
 
 
-def _mcp_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if "retrylib.tools.run_python" in " ".join(p.cmdline())]
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone since it was listed
+        return ""
 
 
 async def test_the_loop_runs_a_real_tool_call_for_the_real_model(tool_server):
     """Attempt 2 is on the tool stage: the model calls run_python, the MCP server runs it, the
-    result is in the next request, and the server is gone when the call ends."""
+    result is in the next request, and the server and the child that ran the code (``python
+    -I -c``, a process of its own group) are gone when the call ends: no process this test
+    started is left."""
+    before = {p.pid for p in descendants()}  # the model server (the module's fixture) and such
     with ChaosProxy(upstream=tool_server.api_base) as proxy:
         call = make_call(f"openai/{tool_server.tools_model}", api_base=proxy.url,
                          max_tokens=96, temperature=0)
@@ -51,8 +66,10 @@ async def test_the_loop_runs_a_real_tool_call_for_the_real_model(tool_server):
                              max_attempts_before_tool_use=1, debug_tool_name="run_python",
                              debug_tool_mcp_config=default_debug_tool_config(timeout=10),
                              tool_mode="execute", tool_max_rounds=1)
-        r = await retry_with_validation(call, QUESTION, [FirstAnswerFails()], config)
+        validator = FirstAnswerFails(before)
+        r = await retry_with_validation(call, QUESTION, [validator], config)
         journal = proxy.journal()
+        left = [p for p in descendants() if p.pid not in before]
     assert [a.stage for a in r.attempts] == ["normal", "tool"]
     calls = r.attempts[1].tool_calls
     assert calls and calls[0]["name"] == "run_python" and calls[0]["arguments"] is not None
@@ -63,4 +80,9 @@ async def test_the_loop_runs_a_real_tool_call_for_the_real_model(tool_server):
     after = journal[2]["body"]["messages"]
     assert any(m["role"] == "user" and calls[0]["text"].strip()[:60] in m["content"] for m in after)
     assert "tools" not in journal[2]["body"]
-    assert r.metrics["tool_calls"] == len(calls) and _mcp_processes() == []
+    assert r.metrics["tool_calls"] == len(calls)
+    assert r.attempts[1].requests == 2 and r.metrics["requests"] == 3
+    # while the call ran, its MCP server was up (the code's child had ended with its call)
+    assert any("retrylib.tools.run_python" in line for _, line in validator.seen), validator.seen
+    assert left == [], [(p.pid, _cmdline(p)) for p in left]  # no server, no `python -I -c`
+    assert_all_gone([p for p, _ in validator.seen])
