@@ -120,6 +120,16 @@ _UNSEEDED = random.Random()
 _KEYS = itertools.count()
 
 
+def new_call_key() -> int:
+    """The next key of this process's counter: what a call that gives none takes.
+
+    Keys are drawn in one process per batch: ``run_batch_dask`` draws them in the driver, so
+    calls that run in different worker processes with one seed never share a key (each
+    worker's own counter would start at the same number, and their retries would line up).
+    """
+    return next(_KEYS)
+
+
 def _seed_material(seed: int, key: str | int) -> str:
     # A str seed is hashed with SHA-512 by random.Random: the same in every process (no
     # PYTHONHASHSEED), and key 1 differs from key "1" through repr().

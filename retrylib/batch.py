@@ -161,6 +161,14 @@ def _own(calls: Iterable[Any]) -> list[Item]:
     return out
 
 
+def keyed(own: list[Item]) -> list[Item]:
+    """The items, each with a ``call_key`` drawn here (one it gives is kept): run where the
+    batch is split, so that worker processes sharing a ``seed`` do not retry in lockstep."""
+    from retrylib.backoff import new_call_key
+
+    return [(i, kw if "call_key" in kw else {**kw, "call_key": new_call_key()}) for i, kw in own]
+
+
 def prepare(calls: Iterable[Any], shared: Mapping[str, Any]) -> list[Item]:
     """Each item as ``(index, retry_with_validation kwargs)``, checked before any call.
 
@@ -357,7 +365,7 @@ def run_batch_dask(calls: Iterable[Any], *, client: Any = None, chunk_size: int 
     distributed = require("distributed", "run_batch_dask()")
     concurrency = _check_concurrency(concurrency)
     prepare(calls := list(calls), shared)  # every item is checked here, before any task
-    own = _own(calls)
+    own = keyed(_own(calls))
     owned = False
     if isinstance(client, str):
         client, owned = distributed.Client(client), True

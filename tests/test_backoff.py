@@ -140,3 +140,25 @@ def test_without_a_seed_the_key_does_not_fix_the_schedule():
     """No seed: the same key still draws fresh delays each time (the key only mixes a seed)."""
     c = RetryConfig(max_attempts=6, initial_delay=1, max_delay=30, jitter="full")
     assert backoff_schedule(c, key="k") != backoff_schedule(c, key="k")
+
+
+def test_a_dask_batch_draws_its_call_keys_where_it_is_split():
+    """run_batch_dask's items get distinct keys in the driver (a key given is kept), so the
+    workers' own counters, which start at the same number in every process, are not used:
+    two processes with seed=7 drew the same delays for their first calls."""
+    import json
+    import subprocess
+    import sys
+
+    from retrylib.batch import keyed
+
+    code = ("import json; from retrylib import RetryConfig; from retrylib.backoff import Backoff; "
+            "c = RetryConfig(max_attempts=3, initial_delay=1, max_delay=30, jitter='full', seed=7); "
+            "print(json.dumps([next(Backoff(c)) for _ in range(3)]))")
+    two = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                     text=True, check=True).stdout) for _ in range(2)]
+    assert two[0] == two[1]  # why keys must come from one place
+    items = keyed([(0, {"messages": []}), (1, {"messages": [], "call_key": "mine"}),
+                   (2, {"messages": []})])
+    keys = [kw["call_key"] for _, kw in items]
+    assert keys[1] == "mine" and len(set(keys)) == 3 and all(k is not None for k in keys)
