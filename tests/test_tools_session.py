@@ -273,3 +273,28 @@ async def test_server_killed_mid_session_gives_session_error_results():
         assert r.is_error and r.error == "session_error"
         assert "run_python" in r.text
     assert [p for p in descendants() if p.pid not in before] == []
+
+
+async def test_cancelling_a_start_that_hangs_ends_at_once_and_leaves_no_process(tmp_path):
+    """A server that never answers initialize, startup_timeout 60 s: cancelling the start
+    (a call cancelled, or its deadline) ends it within seconds, not after the 60 s, and
+    the server process is gone."""
+    hang = tmp_path / "hang.py"
+    hang.write_text("import time\ntime.sleep(120)\n")
+    before = {p.pid for p in descendants()}
+    session = ToolSession({"mcpServers": {"mute": {"command": PY, "args": [str(hang)]}}},
+                          startup_timeout=60)
+    task = asyncio.create_task(session.start())
+    started = []
+    for _ in range(100):  # until the server process exists
+        await asyncio.sleep(0.05)
+        started = [p for p in descendants() if p.pid not in before]
+        if started:
+            break
+    assert started, "the server never started"
+    t = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - t < 15  # the SDK's own shutdown: 2 s + 2 s, then SIGKILL
+    await asyncio.to_thread(assert_all_gone, started)

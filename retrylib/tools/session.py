@@ -106,6 +106,7 @@ class ToolSession:
         self.tools: dict[str, ToolSpec] = {}
         self._sessions: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._closing = asyncio.Event()
         self._opening = ""
         self._start_by: float | None = None
@@ -147,6 +148,7 @@ class ToolSession:
         self._start_by = None if timeout is None else t0 + max(0.0, float(timeout))
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = asyncio.Event()
+        self._ready = ready
         self._runner = asyncio.create_task(self._run(ready), name="retrylib-mcp-servers")
         try:
             await asyncio.shield(ready)
@@ -244,11 +246,17 @@ class ToolSession:
     async def aclose(self) -> None:
         """Stop every server (idempotent). A cancel cannot cut it short: the servers' shutdown
         (bounded by the SDK: stdin closed, 2 s, SIGTERM, 2 s, SIGKILL of the process group)
-        is waited for, then the cancel goes on."""
+        is waited for, then the cancel goes on. A start-up still under way is cancelled, not
+        waited for."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
         self._closing.set()
+        if self._ready is not None and not self._ready.done():
+            # Still starting (a server that has not answered initialize): waiting for the
+            # start-up would take up to startup_timeout; cancelling it unwinds the transports,
+            # which stop what they started.
+            runner.cancel()
         cancelled = False
         while not runner.done():
             try:
