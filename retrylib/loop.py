@@ -127,11 +127,11 @@ class _Loop:
         self.call_model = getattr(call, "model", None)
         self.fresh = config.escalation_history == "fresh"
         self.history_from = 0  # with ``fresh``: where the current stage's history starts
-        self.sync_call = not is_async(call)
+        self._sync_call: bool | None = None  # is_async costs 2 µs: asked only when a bound needs it
         self.route_bounds = getattr(call, "bounds_attempt", False) is True
         self.tool_session: Any = None
         self.call_key: str | int | None = None  # with a seed: the backoff's key (retrylib.backoff)
-        self.last_result: ValidationResult = ValidationResult.ok()
+        self.last_result: ValidationResult = _VALID
         self.crash: ValidatorCrash | None = None
         self.repair_note: str | None = None
         # Answers that failed only soft checks: (soft errors, -attempt number, result, response,
@@ -139,9 +139,7 @@ class _Loop:
         self.softly: list[tuple[int, int, ValidationResult, Any, str, Request]] = []
         self.info = CallInfo.new(self.call_model, policy.max_attempts) if hooks else None
         # The gates (retrylib.budget, retrylib.breaker) and what they leave in the records.
-        self.fallback_idx = self.ladder.index_of("fallback") if self.ladder.has(Fallback) else None
-        stages = self.ladder.stages
-        self.suggests_tool = [any(s.suggests_tool for s in stages[1:i + 1]) for i in range(len(stages))]
+        self.fallback_idx, self.suggests_tool = _ladder_facts(config)
         self.has_verdicts = hasattr(call, "accept") or hasattr(call, "reject")
         self.budget = config.budget
         self.outer = False  # the call is an LLMJudge's: its every attempt is an extra request
@@ -155,6 +153,13 @@ class _Loop:
         self.budget_level: float | None = None
         self.gate_note: str | None = None
         self.gate_error: Exception | None = None
+
+    @property
+    def sync_call(self) -> bool:
+        """The call function is a plain (sync) one: under a bound it runs in a worker thread."""
+        if self._sync_call is None:
+            self._sync_call = not is_async(self.call)
+        return self._sync_call
 
     # -- one attempt ---------------------------------------------------------------------------
     def request(self) -> Request:
@@ -442,12 +447,9 @@ class _Loop:
                                       max_rounds=c.tool_max_rounds, tool_timeout=c.tool_timeout,
                                       on_request=self.tool_request, force_tool=force,
                                       record=rounds)
-        elif self.sync_call:  # a plain function; it may still return an awaitable
-            if bound is None:
-                out = self.call(messages=req.messages, **req.kwargs)
-                return await out if inspect.isawaitable(out) else out
+        elif bound is not None and self.sync_call:  # a plain function: in a thread, bounded
             aw = _in_thread(self.call, req.messages, req.kwargs)
-        else:
+        else:  # (a plain function without a bound runs inline; it may return an awaitable)
             aw = self.call(messages=req.messages, **req.kwargs)
             if not inspect.isawaitable(aw):
                 return aw
@@ -515,7 +517,7 @@ class _Loop:
         self.last_text = text
         v = self.validator
         if v is None:
-            return ValidationResult.ok()
+            return _VALID
         left = self.remaining()
         # Under a deadline, a plain (blocking) validate runs in a worker thread, at any depth.
         ctx = ValidationContext(attempt=n, messages=msgs, depth=self.depth,
@@ -715,3 +717,18 @@ async def _in_thread(call: Callable[..., Any], messages: list[dict[str, Any]],
 
 
 _TIMED_OUT = ValidationResult(False, ("the deadline passed while the answer was being validated",))
+_VALID = ValidationResult.ok()  # frozen: one instance serves every call (building one costs ~1 µs)
+
+
+def _ladder_facts(config: RetryConfig) -> tuple[int | None, tuple[bool, ...]]:
+    """Per config, cached on it (as ``manager._policy`` is): the fallback stage's ladder
+    index (``None``: no fallback stage) and, per ladder index, whether the re-ask names the
+    debugging tool (some stage up to it suggests the tool)."""
+    facts: tuple[int | None, tuple[bool, ...]] | None = config.__dict__.get("_ladder_facts")
+    if facts is None:
+        ladder = config.stage_ladder
+        stages = ladder.stages
+        facts = (ladder.index_of("fallback") if ladder.has(Fallback) else None,
+                 tuple(any(s.suggests_tool for s in stages[1:i + 1]) for i in range(len(stages))))
+        config.__dict__["_ladder_facts"] = facts
+    return facts
