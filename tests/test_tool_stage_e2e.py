@@ -86,3 +86,67 @@ async def test_the_loop_runs_a_real_tool_call_for_the_real_model(tool_server):
     assert any("retrylib.tools.run_python" in line for _, line in validator.seen), validator.seen
     assert left == [], [(p.pid, _cmdline(p)) for p in left]  # no server, no `python -I -c`
     assert_all_gone([p for p, _ in validator.seen])
+
+
+
+SLOW_SERVER = """
+import pathlib, sys, time
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("slow", log_level="WARNING")
+
+
+@server.tool(structured_output=False)
+def run_python(code: str) -> str:
+    \"\"\"Run Python code and return what it printed.\"\"\"
+    pathlib.Path(sys.argv[1]).write_text("running")
+    time.sleep(120)
+    return "done"
+
+
+server.run()
+"""
+
+
+async def test_cancelling_the_real_models_call_mid_tool_call_leaves_no_process(tool_server,
+                                                                               tmp_path):
+    """The real model is forced to call the tool (the first round forces debug_tool_name);
+    the tool takes 120 s; the call is cancelled while the tool runs: the call ends within
+    seconds, and no process the test started is left (the MCP server included)."""
+    import asyncio
+    import sys
+    import time
+
+    script, marker = tmp_path / "slow_server.py", tmp_path / "tool_running"
+    script.write_text(SLOW_SERVER)
+    before = {p.pid for p in descendants()}
+    call = make_call(f"openai/{tool_server.tools_model}", api_base=tool_server.api_base,
+                     max_tokens=96, temperature=0)
+    config = RetryConfig(max_attempts=3, initial_delay=0, max_delay=0,
+                         max_attempts_before_tool_use=1, debug_tool_name="run_python",
+                         debug_tool_mcp_config={"mcpServers": {"slow": {
+                             "command": sys.executable, "args": [str(script), str(marker)]}}},
+                         tool_mode="execute", tool_max_rounds=1, tool_timeout=300)
+
+    class AlwaysFails:
+        name = "always_fails"
+
+        async def validate(self, text, context):
+            return ValidationResult.fail("compute it with the tool first")
+
+    task = asyncio.create_task(retry_with_validation(call, QUESTION, [AlwaysFails()], config))
+    for _ in range(1200):  # the tool runs once the model has answered the forced round
+        await asyncio.sleep(0.1)
+        if marker.exists() or task.done():
+            break
+    assert marker.exists(), "the model's tool call never reached the slow tool"
+    servers = [p for p in descendants() if p.pid not in before]
+    assert any("slow_server.py" in _cmdline(p) for p in servers)
+    t = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - t < 15
+    assert_all_gone(servers)
+    left = [p for p in descendants() if p.pid not in before]
+    assert left == [], [(p.pid, _cmdline(p)) for p in left]
