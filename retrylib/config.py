@@ -184,8 +184,14 @@ class RetryConfig(BaseModel):
             validations: ``breaker_open`` (the model's breaker refuses it) and ``transport``
             (``fallback_after_transport_failures`` transport failures in a row on one
             model). pydantic-ai's ``fallback_on``.
-        fallback_after_transport_failures: see ``fallback_on``; ``None``: a model's
-            transport failures are retried on the same model (the breaker may still move on).
+        fallback_after_transport_failures: transport failures in a row on one model that
+            move the call to the next of ``fallback_models`` (with ``transport`` in
+            ``fallback_on``). ``None`` (the default): the model's share of the attempts,
+            ``max_attempts_before_fallback`` when it is set, else ``max_attempts`` split
+            evenly over the primary and the fallback models (rounded up); so a dead primary
+            never takes every attempt of a call that has somewhere to go. Without
+            ``fallback_models`` nothing moves. ``fallback_on=("breaker_open",)`` keeps
+            transport failures on the same model.
         wait: the delay before retry ``n`` (``n = 1`` before attempt 2): a callable
             ``(n) -> float``; default the backoff of ``initial_delay``, ``backoff_factor``,
             ``max_delay`` and ``jitter``. ``Retry-After`` still applies on top.
@@ -244,6 +250,18 @@ class RetryConfig(BaseModel):
     hooks: tuple[Any, ...] = Field((), exclude=True)
     retry_on: Callable[..., Any] | None = Field(None, exclude=True)
     wait: Callable[[int], float] | None = Field(None, exclude=True)
+
+    @property
+    def outage_after(self) -> int | None:
+        """Transport failures in a row on one model that move the call to the next fallback
+        model (see ``fallback_after_transport_failures``); ``None``: never."""
+        if "transport" not in self.fallback_on or not self.fallback_models:
+            return None
+        if self.fallback_after_transport_failures is not None:
+            return self.fallback_after_transport_failures
+        if self.max_attempts_before_fallback is not None:
+            return self.max_attempts_before_fallback
+        return max(1, -(-self.max_attempts // (1 + len(self.fallback_models))))
 
     @field_validator(
         "initial_delay", "max_delay", "attempt_timeout", "deadline", "max_retry_after", mode="before"

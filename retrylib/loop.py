@@ -262,12 +262,10 @@ class _Loop:
         self.gate_error = decision.error(attempts=list(self.attempts), last_error=self.last_error)
         return Decision(RAISE, failures=self.failures, stage=self.stage, reason=reason)
 
-    async def report(self, a: Attempt, kwargs: dict[str, Any]) -> None:
-        """Tell the breaker and the budget what the attempt came to; note their state in it."""
-        ok_for_breaker = not (a.outcome == "transport_error" and a.retryable is not False)
-        self.model_failures = 0 if ok_for_breaker else self.model_failures + 1
-        if not self.guarded:
-            return
+    async def report(self, a: Attempt, kwargs: dict[str, Any], ok_for_breaker: bool) -> None:
+        """Tell the breaker and the budget what the attempt came to; note their state in it.
+        ``ok_for_breaker``: the model answered (or failed in a way that says nothing about it:
+        a transport error that is not retryable)."""
         model = a.model
         base = kwargs.get("api_base") or getattr(self.call, "defaults", {}).get("api_base")
         try:  # the answer is in hand: a state store that fails now must not lose it
@@ -341,7 +339,11 @@ class _Loop:
             late = TimeoutError("the deadline passed while the MCP servers were starting")
             return await self.transport_failure(late, req, n, start, stamp, rounds)
         try:
-            response = await self.invoke(req, bound, rounds)
+            if bound is None and req.tools is None:  # invoke's common case, inline: no coroutine
+                aw = self.call(messages=req.messages, **req.kwargs)
+                response = await aw if inspect.isawaitable(aw) else aw
+            else:
+                response = await self.invoke(req, bound, rounds)
         except asyncio.CancelledError:
             raise
         except ConfigError:
@@ -373,7 +375,9 @@ class _Loop:
         if rounds is not None:  # every request of the tool rounds, not the final one alone
             a.tokens_in, a.tokens_out, a.cost = rounds.tokens_in, rounds.tokens_out, rounds.cost
             a.requests = rounds.requests
-        await self.report(a, req.kwargs)
+        self.model_failures = 0  # an answer came: the model is up
+        if self.guarded:
+            await self.report(a, req.kwargs, True)
         self.record(a)
         self.last_result = result
         if result.valid:
@@ -415,7 +419,10 @@ class _Loop:
         if rounds is not None:  # the requests of the rounds that were answered used tokens
             a.tokens_in, a.tokens_out, a.cost = rounds.tokens_in, rounds.tokens_out, rounds.cost
             a.requests = rounds.requests
-        await self.report(a, req.kwargs)
+        down = verdict.retryable is not False  # a failure that counts against the model
+        self.model_failures = self.model_failures + 1 if down else 0
+        if self.guarded:
+            await self.report(a, req.kwargs, not down)
         self.record(a)
         return Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
 
@@ -574,8 +581,13 @@ class _Loop:
                 safely(h, "attempt_ended", details)
 
     # -- a decision's effects ------------------------------------------------------------------
-    async def apply(self, d: Decision, outcome: Outcome, planned: float) -> None:
-        """Carry out what ``d`` means for the state, before the next attempt or the end."""
+    def apply(self, d: Decision, outcome: Outcome, planned: float) -> Request | None:
+        """Carry out what ``d`` means for the state, before the next attempt or the end.
+
+        Returns:
+            The request whose answer the route must now hear rejected
+            (:meth:`verdict_to_route`; the loop awaits it), else ``None``.
+        """
         kind, before = outcome.kind, self.stage
         self.scheduled = planned if kind == TRANSPORT or self.config.delay_validation_retries else 0.0
         self.retry_after = outcome.retry_after if kind == TRANSPORT else None
@@ -584,34 +596,33 @@ class _Loop:
                           "reask" if kind == INVALID else "transport")
         if d.reason == "outage":
             self.move_on(f"{self.model_failures} transport failures in a row "
-                         f"(fallback_after_transport_failures={self.config.fallback_after_transport_failures})")
+                         f"(the model's share: {self.config.outage_after})")
         if kind != INVALID:
-            return
+            return None
         self.failures = d.failures
         if outcome.fatal:  # never judged (a validator raised, the deadline passed): never served
-            if self.has_verdicts and self.last_request is not None:
-                await self.verdict_to_route("reject", self.last_request)
-            return
+            return self.last_request if self.has_verdicts else None
         result = self.last_result
         self.last_errors = list(result.errors)
         req = self.last_request
         assert req is not None
-        if outcome.soft:
+        reject = None
+        if outcome.soft:  # its verdict waits until the call ends
             a = self.attempts[-1]
             self.softly.append((len(result.errors), -a.number, result, self.last_response,
                                 self.last_text or "", req))
-        else:
-            if self.has_verdicts:
-                await self.verdict_to_route("reject", req)
+        elif self.has_verdicts:
+            reject = req
         self.last_suggestions = tuple(result.suggestions)
         if self.attempts[-1].finish_reason == "length":  # the answer was cut, not just wrong
             self.last_suggestions = (_CUT_OFF, *self.last_suggestions)
         if d.reason == "human":
             self.stage = self.reached = d.stage
-            return
+            return reject
         self.stage = d.stage  # (the exchange is written for the next attempt's stage)
         self.history.append(self.exchange(self.last_text or ""))
         self.enter(d.stage, before)
+        return reject
 
     def enter(self, stage: int, before: int) -> None:
         """Move to ladder entry ``stage``; with ``escalation_history="fresh"`` a stage that

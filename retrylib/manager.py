@@ -70,7 +70,9 @@ async def _run(loop: _Loop) -> RetryResult:
         state = State(n, loop.failures, loop.stage, loop.model_failures,
                       loop.policy.outage_after is not None and loop.can_move())
         d = decide(state, outcome, loop.policy, planned=planned, remaining=loop.remaining())
-        await loop.apply(d, outcome, planned)
+        reject = loop.apply(d, outcome, planned)
+        if reject is not None:  # the answer failed: the route must not cache it
+            await loop.verdict_to_route("reject", reject)
         if d.action == RETURN:
             return await _accept(loop, loop.attempts[-1].number, loop.last_result,
                                  loop.last_response, loop.last_text or "", warnings=())
@@ -192,8 +194,7 @@ def _policy(config: RetryConfig, first: int) -> Policy:
     policy: Policy | None = config.__dict__.get("_policy")
     if policy is None:
         ladder = config.stage_ladder
-        outage = (config.fallback_after_transport_failures if "transport" in config.fallback_on
-                  else None)
+        outage = config.outage_after
         policy = Policy(config.max_attempts, ladder.thresholds,
                         tuple(s.terminal for s in ladder.stages), config.respect_retry_after,
                         config.max_retry_after, config.delay_validation_retries, outage)

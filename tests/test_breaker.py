@@ -16,7 +16,13 @@ import pytest
 from retrylib import FallbackModel, RetryConfig, retry_with_validation
 from retrylib.breaker import CircuitBreaker, attempt_ok
 from retrylib.client import make_call
-from retrylib.errors import CircuitOpenError, ConfigError, ProxyHTTPError, RetryError
+from retrylib.errors import (
+    CircuitOpenError,
+    ConfigError,
+    ProxyHTTPError,
+    RetryError,
+    RetryExhaustedError,
+)
 from retrylib.result import Attempt
 from retrylib.state import MemoryStore, RedisStore
 from retrylib.testing.chaos import ChaosProxy
@@ -206,9 +212,11 @@ async def test_a_dead_primary_fails_over_within_one_cooldown_and_is_spared_while
                              clock=lambda: time.monotonic() + skipped[0])
     with ChaosProxy(upstream=None, upstream_free=True, plan=["503"] * 1000) as primary, \
             ChaosProxy(upstream=None, upstream_free=True) as fallback:
+        # Only the breaker moves calls here (not the primary's share of transport failures).
         config = RetryConfig(max_attempts=5, initial_delay=0.01, max_delay=0.02, breaker=breaker,
                              fallback_models=[FallbackModel(model="proxy/fallback",
-                                                            api_base=fallback.url)])
+                                                            api_base=fallback.url)],
+                             fallback_on=("breaker_open",))
         call = make_call("proxy/primary", api_base=primary.url)
         messages = [{"role": "user", "content": "hi"}]
         t0 = time.monotonic()  # the primary is down from here
@@ -231,3 +239,36 @@ async def test_a_dead_primary_fails_over_within_one_cooldown_and_is_spared_while
         assert (await breaker.state("proxy/primary")).state == "open"
         await retry_with_validation(call, messages, None, config)
         assert len(primary.journal()) == 4
+
+
+@pytest.mark.parametrize(("kw", "share"), [({}, 3), ({"max_attempts_before_fallback": 2}, 2),
+                                          ({"fallback_after_transport_failures": 1}, 1)])
+async def test_without_a_breaker_a_dead_primary_uses_up_its_share_then_the_fallback_answers(kw, share):
+    """No breaker, no setting: a primary that answers 503 to everything gets its share of the
+    attempts (max_attempts=5 over two models: 3; or max_attempts_before_fallback, or
+    fallback_after_transport_failures), then the call moves to the fallback and succeeds
+    there. It used to spend all 5 attempts on the dead primary and fail."""
+    with ChaosProxy(upstream=None, upstream_free=True, plan=["503"] * 100) as primary, \
+            ChaosProxy(upstream=None, upstream_free=True) as fallback:
+        config = RetryConfig(max_attempts=5, initial_delay=0.0, max_delay=0.0, **kw,
+                             fallback_models=[FallbackModel(model="proxy/fallback",
+                                                            api_base=fallback.url)])
+        r = await retry_with_validation(make_call("proxy/primary", api_base=primary.url),
+                                        [{"role": "user", "content": "hi"}], None, config)
+    assert [a.model for a in r.attempts] == ["proxy/primary"] * share + ["proxy/fallback"]
+    assert r.attempts[-1].outcome == "ok" and len(primary.journal()) == share
+    assert "transport failures in a row" in (r.attempts[-1].note or "")
+
+
+async def test_fallback_on_breaker_only_keeps_transport_failures_on_the_primary():
+    """fallback_on=("breaker_open",): a dead primary's transport failures stay on it."""
+    with ChaosProxy(upstream=None, upstream_free=True, plan=["503"] * 100) as primary, \
+            ChaosProxy(upstream=None, upstream_free=True) as fallback:
+        config = RetryConfig(max_attempts=4, initial_delay=0.0, max_delay=0.0,
+                             fallback_on=("breaker_open",),
+                             fallback_models=[FallbackModel(model="proxy/fallback",
+                                                            api_base=fallback.url)])
+        with pytest.raises(RetryExhaustedError):
+            await retry_with_validation(make_call("proxy/primary", api_base=primary.url),
+                                        [{"role": "user", "content": "hi"}], None, config)
+    assert len(primary.journal()) == 4 and fallback.journal() == []
