@@ -45,21 +45,28 @@ def feedback_text(
     Returns:
         The message text.
     """
-    errs = list(errors) or ["the answer was rejected"]
-    lines = ["Your previous answer did not pass validation.", "", "Errors:"]
-    lines += [f"{i}. {e}" for i, e in enumerate(errs, 1)]
-    sugg = list(dict.fromkeys(s for s in suggestions if s))
-    if sugg:
-        lines += ["", "Suggestions:"] + [f"- {s}" for s in sugg]
+    # Built as one list of lines joined once ("\n" + a line makes the blank line before a
+    # section), with plain loops: this runs once per failed answer, on the hot path.
+    lines = ["Your previous answer did not pass validation.\n\nErrors:"]
+    i = 0
+    for e in errors:
+        i += 1
+        lines.append(f"{i}. {e}")
+    if not i:
+        lines.append("1. the answer was rejected")
+    if suggestions:
+        sugg = dict.fromkeys(s for s in suggestions if s)  # in order, duplicates removed
+        if sugg:
+            lines.append("\nSuggestions:")
+            for s in sugg:
+                lines.append(f"- {s}")
     if original_prompt:
-        lines += ["", "The original request, which still applies:", original_prompt]
+        lines.append("\nThe original request, which still applies:")
+        lines.append(original_prompt)
     if tool_name:
-        lines += [
-            "",
-            f"Use the debugging tool `{tool_name}` (its MCP config is attached to this request) "
-            "to find the cause before you answer again.",
-        ]
-    lines += ["", "Reply again with a corrected answer only."]
+        lines.append(f"\nUse the debugging tool `{tool_name}` (its MCP config is attached to this "
+                     "request) to find the cause before you answer again.")
+    lines.append("\nReply again with a corrected answer only.")
     return "\n".join(lines)
 
 
