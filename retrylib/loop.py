@@ -90,6 +90,12 @@ class _Loop:
         self.response_format = response_format
         self.depth = depth
         self.call_kwargs = call_kwargs
+        # What every attempt's kwargs start from (each attempt gets its own copy: stages edit it).
+        self.base_kwargs = dict(call_kwargs)
+        if config.attempt_timeout is not None:
+            self.base_kwargs.setdefault("timeout", config.attempt_timeout)
+        if response_format is not None:
+            self.base_kwargs["response_format"] = response_format
         self.policy = policy
         self.hooks = hooks
         self.ladder = config.stage_ladder
@@ -103,8 +109,8 @@ class _Loop:
         self.t0 = time.monotonic()
         self.deadline_at = self.t0 + config.deadline if config.deadline else None
         self.last_exc: BaseException | None = None
-        self.last_error: dict[str, Any] | None = None
         self.last_verdict: Classification | None = None
+        self._last_error: dict[str, Any] | None = None  # made when asked for: last_error
         self.last_response: Any = None
         self.last_text: str | None = None
         self.last_errors: list[str] = []
@@ -155,6 +161,14 @@ class _Loop:
         self.gate_error: Exception | None = None
 
     @property
+    def last_error(self) -> dict[str, Any] | None:
+        """The facts of the last transport failure (``classify.error_facts``), made when first
+        asked for (an error that ends the call): a call that retries past them never needs them."""
+        if self._last_error is None and self.last_exc is not None:
+            self._last_error = error_facts(self.last_exc, self.last_verdict)
+        return self._last_error
+
+    @property
     def sync_call(self) -> bool:
         """The call function is a plain (sync) one: under a bound it runs in a worker thread."""
         if self._sync_call is None:
@@ -166,13 +180,8 @@ class _Loop:
         """The next attempt's messages and kwargs, shaped by every stage up to the current one."""
         i = self.stage
         history = self.history[self.history_from:] if self.history_from else self.history
-        kw = dict(self.call_kwargs)
-        if self.config.attempt_timeout is not None:
-            kw.setdefault("timeout", self.config.attempt_timeout)
-        if self.response_format is not None:
-            kw["response_format"] = self.response_format
         req = Request(build_messages(self.base, history, self.config.feedback_history,
-                                     self.base_flat), kw, self.caller_constrains)
+                                     self.base_flat), dict(self.base_kwargs), self.caller_constrains)
         if i:
             for stage in self.ladder.stages[1:i + 1]:
                 stage.apply(req, self)
@@ -335,21 +344,28 @@ class _Loop:
             bound = left if bound is None else min(bound, left)
         start = time.monotonic() - self.t0
         stamp = time.time()
+        failed: Attempt | None = None  # the record of an attempt that got no answer
         if starting and left is not None and left <= 0:  # nothing is sent past the deadline
             late = TimeoutError("the deadline passed while the MCP servers were starting")
-            return await self.transport_failure(late, req, n, start, stamp, rounds)
-        try:
-            if bound is None and req.tools is None:  # invoke's common case, inline: no coroutine
-                aw = self.call(messages=req.messages, **req.kwargs)
-                response = await aw if inspect.isawaitable(aw) else aw
-            else:
-                response = await self.invoke(req, bound, rounds)
-        except asyncio.CancelledError:
-            raise
-        except ConfigError:
-            raise  # a programmer mistake the route found (a fallback's bad api_base): no retry
-        except Exception as exc:
-            return await self.transport_failure(exc, req, n, start, stamp, rounds)
+            failed, outcome = self.transport_failure(late, req, n, start, stamp, rounds)
+        else:
+            try:
+                if bound is None and req.tools is None:  # invoke's common case, inline
+                    aw = self.call(messages=req.messages, **req.kwargs)
+                    response = await aw if inspect.isawaitable(aw) else aw
+                else:
+                    response = await self.invoke(req, bound, rounds)
+            except asyncio.CancelledError:
+                raise
+            except ConfigError:
+                raise  # a programmer mistake the route found (a fallback's bad api_base): no retry
+            except Exception as exc:  # (not kept in a local: the frame would hold its traceback)
+                failed, outcome = self.transport_failure(exc, req, n, start, stamp, rounds)
+        if failed is not None:
+            if self.guarded:
+                await self.report(failed, req.kwargs, failed.retryable is False)
+            self.record(failed)
+            return outcome
         end = time.monotonic() - self.t0
         result = await self.check(response, req.messages, n, req.text)
         text = self.last_text
@@ -385,13 +401,13 @@ class _Loop:
         return Outcome(INVALID, soft=result.soft and text is not None and fatal is None,
                        fatal=fatal)
 
-    async def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
-                                stamp: float, rounds: Any = None) -> Outcome:
-        """Record an attempt that got no answer. ``rounds``: the tool stage's ToolRounds,
-        whose tool calls, requests and tokens so far stay in the record."""
+    def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
+                          stamp: float, rounds: Any = None) -> tuple[Attempt, Outcome]:
+        """The record of an attempt that got no answer, and its outcome (the caller reports
+        and records it). ``rounds``: the tool stage's ToolRounds, whose tool calls, requests
+        and tokens so far stay in the record."""
         verdict = self.classify(exc)
-        self.last_exc, self.last_verdict = exc, verdict
-        self.last_error = error_facts(exc, verdict)
+        self.last_exc, self.last_verdict, self._last_error = exc, verdict, None
         kind = TRANSPORT
         if req.grammar and looks_like_schema_rejection(verdict.status_code, verdict.retryable,
                                                        verdict.reason):
@@ -419,12 +435,9 @@ class _Loop:
         if rounds is not None:  # the requests of the rounds that were answered used tokens
             a.tokens_in, a.tokens_out, a.cost = rounds.tokens_in, rounds.tokens_out, rounds.cost
             a.requests = rounds.requests
-        down = verdict.retryable is not False  # a failure that counts against the model
-        self.model_failures = self.model_failures + 1 if down else 0
-        if self.guarded:
-            await self.report(a, req.kwargs, not down)
-        self.record(a)
-        return Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
+        # A failure that counts against the model (one that is not retryable says nothing of it).
+        self.model_failures = 0 if verdict.retryable is False else self.model_failures + 1
+        return a, Outcome(kind, verdict.retryable, verdict.retry_after if kind == TRANSPORT else None)
 
     def classify(self, exc: BaseException) -> Classification:
         custom = self.config.retry_on
