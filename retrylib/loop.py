@@ -398,8 +398,9 @@ class _Loop:
         self.last_result = result
         if result.valid:
             return Outcome(OK)
-        return Outcome(INVALID, soft=result.soft and text is not None and fatal is None,
-                       fatal=fatal)
+        # (kind, retryable, retry_after, soft, fatal)
+        return Outcome(INVALID, True, None, result.soft and text is not None and fatal is None,
+                       fatal)
 
     def transport_failure(self, exc: Exception, req: Request, n: int, start: float,
                           stamp: float, rounds: Any = None) -> tuple[Attempt, Outcome]:
@@ -558,7 +559,8 @@ class _Loop:
             self.crash = ValidatorCrash(validator_name(v), exc)
             return ValidationResult(False, (str(self.crash),))
         finally:
-            self.subresults.extend(ctx.subresults)
+            if ctx.subresults:
+                self.subresults.extend(ctx.subresults)
         if not r.valid and not r.errors:  # say which check failed, as AllOf does
             r = ValidationResult(False, named_errors(v, r), r.suggestions, r.parsed, r.soft)
         if not r.valid and self.config.repair_json and self.crash is None:
