@@ -4,7 +4,8 @@
 and returns its tagged :class:`~retrylib.decision.Outcome`: it builds the request from the
 ladder's stages, sends it within the attempt's bounds, reads and validates the answer, and
 writes the attempt's record. :meth:`_Loop.apply` carries out a decision's effects on the
-state (the failure count, the stage, the replayed history, the verdict to the route).
+state (the failure count, the stage, the replayed history) and says which answer the route
+must hear rejected (the loop sends that verdict).
 
 Bounds: ``attempt_timeout`` covers the whole attempt, body included (a route's own timeout
 is per read, so a body that drips would pass it); the deadline covers sleeps, attempts and
