@@ -401,6 +401,10 @@ async def _drive(loop: _Loop, review_store: ReviewStore | str | None) -> RetryRe
         raise
     result.metrics = _finish(loop, result)
     result.metrics["accepted_with_warnings"] = bool(result.warnings)
+    # A transport error's traceback holds attempt()'s frame, which holds the loop, which holds
+    # the error: a cycle that only the cyclic GC would free (with every attempt record in it).
+    # The answer is in hand and the error is no one's: let it go now.
+    loop.last_exc = None
     return result
 
 
