@@ -20,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import psutil
 import pytest
 import yaml
+from loguru import logger
 
 from retrylib.errors import ServerDiedError
 from retrylib.testing.chaos import ChaosProxy
@@ -159,3 +160,12 @@ def redis_server():
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: starts a Dask LocalCluster or several processes (deselect: -m 'not slow')")
+
+
+@pytest.fixture
+def warnings_logged():
+    """Every loguru message at WARNING or above during the test."""
+    seen: list[str] = []
+    handler = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{message}")
+    yield seen
+    logger.remove(handler)

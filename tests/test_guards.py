@@ -10,7 +10,6 @@ import time
 import uuid
 
 import pytest
-from loguru import logger
 
 from retrylib import RetryConfig, RetryResult, retry_with_validation
 from retrylib import validators as V
@@ -289,15 +288,6 @@ async def test_concurrent_calls_race_for_one_probe_and_the_losers_spend_no_budge
 
 
 # -- Redis goes away mid-call --------------------------------------------------------------------
-
-
-@pytest.fixture
-def warnings_logged():
-    """Every loguru message at WARNING or above during the test."""
-    seen: list[str] = []
-    handler = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{message}")
-    yield seen
-    logger.remove(handler)
 
 
 def _gates(url: str, on_error: str, **store_kw) -> tuple[RedisStore, RetryConfig]:

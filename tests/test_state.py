@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pytest
-from loguru import logger
 
 from retrylib.errors import ConfigError, ServerStartError, StateStoreError
 from retrylib.state import BreakerPolicy, MemoryStore, RedisStore, StateStore, from_spec
@@ -257,15 +256,6 @@ async def test_more_operations_in_flight_than_connections_wait_their_turn(redis_
 
 
 # -- Redis goes away ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def warnings_logged():
-    """Every loguru message at WARNING or above during the test."""
-    seen: list[str] = []
-    handler = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{message}")
-    yield seen
-    logger.remove(handler)
 
 
 @pytest.mark.timeout(30)
