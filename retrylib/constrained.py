@@ -20,7 +20,7 @@ validators keep the original schema and still check every constrained answer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from retrylib.patterns import MAX_SPAN, Unsupported, grammar_pattern
@@ -70,6 +70,26 @@ def grammar_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[st
     """
     dropped: list[str] = []
 
+    def unheld(key: str, value: Any, where: str) -> bool:
+        if key in _UNHELD_NUMBERS and isinstance(value, int | float):
+            dropped.append(f"{where}: {key} {value}")
+            return True
+        return False
+
+    def finish(node: dict[str, Any], where: str) -> dict[str, Any]:
+        _bounds(node, where, dropped)
+        _string(node, where, dropped)
+        return _split_type_list(node)
+
+    return _rebuild(schema, finish, drop=unheld), dropped
+
+
+def _rebuild(schema: Any, finish: Callable[[dict[str, Any], str], Any],
+             drop: Callable[[str, Any, str], bool] | None = None) -> Any:
+    """A copy of ``schema``, each schema node rebuilt bottom-up: its subschemas first, then
+    ``finish(node, where)``; ``drop(key, value, where)`` may leave a keyword out. Keywords
+    whose values are data (``enum``, ``const``, ...) are copied as they are."""
+
     def visit(node: Any, path: str) -> Any:
         if not isinstance(node, dict):
             return copy.deepcopy(node)
@@ -80,17 +100,15 @@ def grammar_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[st
                 out[key] = {k: visit(v, f"{sub}/{k}") for k, v in value.items()}
             elif key in _VERBATIM:
                 out[key] = copy.deepcopy(value)
-            elif key in _UNHELD_NUMBERS and isinstance(value, int | float):
-                dropped.append(f"{path or '/'}: {key} {value}")
+            elif drop is not None and drop(key, value, path or "/"):
+                continue
             elif isinstance(value, list):
                 out[key] = [visit(v, f"{sub}/{i}") for i, v in enumerate(value)]
             else:
                 out[key] = visit(value, sub)
-        _bounds(out, path or "/", dropped)
-        _string(out, path or "/", dropped)
-        return _split_type_list(out)
+        return finish(out, path or "/")
 
-    return visit(schema, ""), dropped
+    return visit(schema, "")
 
 
 def _bounds(node: dict[str, Any], where: str, dropped: list[str]) -> None:
@@ -178,24 +196,8 @@ def bound_runaways(schema: dict[str, Any], max_items: int | None,
         if bound is not None and not 1 <= bound <= MAX_SPAN:
             raise ValueError(f"a runaway bound must be 1 to {MAX_SPAN}, got {bound}")
     added: list[str] = []
-
-    def visit(node: Any, path: str) -> Any:
-        if not isinstance(node, dict):
-            return [visit(v, path) for v in node] if isinstance(node, list) else node
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            sub = f"{path}/{key}"
-            if key in _SCHEMA_MAPS and isinstance(value, dict):
-                out[key] = {k: visit(v, f"{sub}/{k}") for k, v in value.items()}
-            elif key in _VERBATIM:
-                out[key] = copy.deepcopy(value)
-            elif isinstance(value, list):
-                out[key] = [visit(v, f"{sub}/{i}") for i, v in enumerate(value)]
-            else:
-                out[key] = visit(value, sub)
-        return _bound_node(out, path or "/", max_items, max_length, added)
-
-    return visit(schema, ""), added
+    return _rebuild(schema, lambda node, where: _bound_node(node, where, max_items, max_length,
+                                                          added)), added
 
 
 def _bound_node(node: dict[str, Any], where: str, max_items: int | None, max_length: int | None,
