@@ -321,7 +321,8 @@ class _Loop:
     async def attempt(self) -> Outcome:
         """Make one attempt; record it; return what it came to."""
         n = len(self.attempts) + 1
-        self.reached = max(self.reached, self.stage)
+        if self.stage > self.reached:
+            self.reached = self.stage
         req = self.last_request = self.request()
         self.gate_note = None
         self.last_messages = req.messages

@@ -99,7 +99,8 @@ async def _accept(loop: _Loop, number: int, result: Any, response: Any, text: st
     """The one return path: the answer is the result, and the route may cache it."""
     req = loop.last_request if not warnings else next(s[5] for s in loop.softly if -s[1] == number)
     assert req is not None
-    await loop.verdict_to_route("accept", req)
+    if loop.has_verdicts:  # (a route without accept/reject has nothing to hear)
+        await loop.verdict_to_route("accept", req)
     for *_, other in loop.softly:  # the other softly-failed answers are rejected now
         if other is not req:
             await loop.verdict_to_route("reject", other)
