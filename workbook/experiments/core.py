@@ -182,7 +182,7 @@ async def backoff_experiment(env: Any, retries: int = 4, initial_delay: float = 
 
     Returns:
         One row per retry: ``jitter``, ``retry``, ``base`` (un-jittered), ``schedule``
-        (``backoff_schedule``), ``scheduled`` (what the loop planned), ``slept`` (measured
+        (``backoff_schedule`` for the call's own key, ``metrics["call_key"]``), ``scheduled`` (what the loop planned), ``slept`` (measured
         around the sleep) and ``wire_gap`` (between the requests, as the proxy saw them).
     """
     rows = []
@@ -193,7 +193,10 @@ async def backoff_experiment(env: Any, retries: int = 4, initial_delay: float = 
         result, err = await run(keyed(env, "proxy", key), [{"role": "user", "content": "ok?"}],
                                 [JsonObject()], cfg)
         attempts, gaps = attempts_of(result, err), wire_gaps(env.chaos.journal(key))
-        for n, planned in enumerate(backoff_schedule(cfg, retries), 1):
+        # The call mixed the seed with a key of its own (so that calls sharing a seed do not
+        # retry in lockstep); the schedule for that key is what it must have planned.
+        metrics = (result.metrics if result is not None else getattr(err, "metrics", None)) or {}
+        for n, planned in enumerate(backoff_schedule(cfg, retries, key=metrics.get("call_key")), 1):
             a = attempts[n] if n < len(attempts) else None
             rows.append({"jitter": kind, "retry": n, "base": base_delay(cfg, n), "schedule": planned,
                          "scheduled": a.scheduled_delay if a else None, "slept": a.slept if a else None,
