@@ -20,6 +20,7 @@ validators keep the original schema and still check every constrained answer.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,6 +44,11 @@ FORMAT_PATTERNS = {
     "uri": (r"^[A-Za-z][A-Za-z0-9+.-]*://[\w.~%!$&'()*+,;=:@-]+"
             r"([/?#][\w.~%!$&'()*+,;=:@/?#\[\]-]*)?$"),
 }
+# Keywords that only describe: a node with nothing else allows any value.
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "deprecated",
+                          "readOnly", "writeOnly"})
+_RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")  # what a GBNF rule name may not hold
+_JSON_TYPES = ("object", "array", "string", "number", "boolean", "null")
 # Keys llama.cpp's converter reads before (and instead of) a node's bounds.
 _CONVERTED_FIRST = ("$ref", "anyOf", "oneOf", "enum", "const")
 # Keywords that only mean something for one type of a ``"type": [...]`` list.
@@ -79,9 +85,87 @@ def grammar_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[st
     def finish(node: dict[str, Any], where: str) -> dict[str, Any]:
         _bounds(node, where, dropped)
         _string(node, where, dropped)
-        return _split_type_list(node)
+        return _any_value(_split_type_list(node), where)
 
-    return _rebuild(schema, finish, drop=unheld), dropped
+    return _hoist_root_ref(_rename_defs(_rebuild(schema, finish, drop=unheld))), dropped
+
+
+def _any_value(node: dict[str, Any], where: str) -> dict[str, Any]:
+    """A schema that allows any value (``{}``, or annotations only: pydantic's ``Any``) as an
+    ``anyOf`` of the six JSON types. llama.cpp's converter asserts on ``{"title": ...}``
+    ("Unrecognized schema") and reads ``{}`` as "an object"; either way the server drops the
+    grammar of the *whole* schema for plain JSON, without a word."""
+    if set(node) <= _ANNOTATIONS and not where.endswith(("/discriminator", "/mapping")):
+        return {**node, "anyOf": [{"type": t} for t in _JSON_TYPES]}
+    return node
+
+
+def _rename_defs(schema: Any) -> Any:
+    """The root's ``$defs``/``definitions`` renamed to what a grammar rule may be called
+    (``[A-Za-z0-9-]``), and every local ``$ref`` to them (a discriminator's mapping too).
+
+    llama.cpp's converter names a rule after its definition and cleans the name only where
+    it defines the rule, not where a recursive reference uses it: ``_Tree`` or pydantic's
+    ``Page_Item_`` leaves a rule that does not exist, the grammar fails to parse, and the
+    server crashes (measured: SIGSEGV in the sampler)."""
+    if not isinstance(schema, dict):
+        return schema
+    renames: dict[str, str] = {}
+    for where in ("$defs", "definitions"):
+        defs = schema.get(where)
+        if not isinstance(defs, dict):
+            continue
+        taken = set(defs)
+        for name in defs:
+            clean = _RULE_UNSAFE.sub("-", name).strip("-") or "def"
+            if clean != name:
+                new, i = clean, 2
+                while new in taken:
+                    new, i = f"{clean}-{i}", i + 1
+                taken.add(new)
+                renames[f"#/{where}/{name}"] = f"#/{where}/{new}"
+    if not renames:
+        return schema
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [visit(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: visit(v) for k, v in node.items()}
+        for key in ("$defs", "definitions"):
+            if isinstance(out.get(key), dict) and node is schema:
+                out[key] = {renames.get(f"#/{key}/{k}", f"#/{key}/{k}").split("/", 2)[2]: v
+                            for k, v in out[key].items()}
+        if isinstance(out.get("$ref"), str):
+            out["$ref"] = renames.get(out["$ref"], out["$ref"])
+        mapping = out.get("discriminator", {}).get("mapping") if isinstance(
+            out.get("discriminator"), dict) else None
+        if isinstance(mapping, dict):
+            out["discriminator"]["mapping"] = {k: renames.get(v, v) if isinstance(v, str) else v
+                                               for k, v in mapping.items()}
+        return out
+
+    return visit(schema)
+
+
+def _hoist_root_ref(schema: Any) -> Any:
+    """A root that is only a ``$ref`` into its own ``$defs`` (pydantic's form for a recursive
+    model) with the definition itself at the root, the ``$defs`` kept for the recursion.
+
+    llama.cpp's converter resolves refs only below nodes that have no ``$ref``, so the refs
+    inside the root's ``$defs`` stay unresolved (``KeyError: '#/$defs/Tree'``) and the
+    server falls back to plain JSON. The copy means the same."""
+    for _ in range(8):  # a chain of aliases, not a loop
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if not isinstance(ref, str) or not ref.startswith(("#/$defs/", "#/definitions/")):
+            return schema
+        where, _, name = ref[2:].partition("/")
+        target = schema.get(where, {}).get(name.replace("~1", "/").replace("~0", "~"))
+        if not isinstance(target, dict):
+            return schema
+        schema = {**{k: v for k, v in schema.items() if k != "$ref"}, **copy.deepcopy(target)}
+    return schema
 
 
 def _rebuild(schema: Any, finish: Callable[[dict[str, Any], str], Any],

@@ -28,9 +28,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import BaseModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -413,6 +415,65 @@ def test_without_the_rewrite_an_unanchored_pattern_or_a_group_drops_the_whole_gr
     assert _grammar_for(grammar_safe_schema(schema)[0]) != JSON_GBNF
 
 
+class _Tree(BaseModel):
+    """A recursive model: pydantic's schema is a root ``$ref`` into its own ``$defs``."""
+
+    name: str
+    kids: list[_Tree] = []
+
+
+class _Loose(BaseModel):
+    """A field of any value (``{"title": ...}``) and one that is ``{}``."""
+
+    label: str
+    extra: Any = None
+    count: int
+
+
+_LOOSE = _Loose.model_json_schema()
+_LOOSE["properties"]["bare"] = {}
+
+
+@pytest.mark.parametrize("schema", [_Tree.model_json_schema(), _LOOSE], ids=["recursive", "any"])
+def test_schemas_the_converter_misreads_keep_their_grammar(schema):
+    """A recursive model (refs left unresolved: KeyError) or an ``Any`` field (an assertion)
+    makes the server quietly use plain JSON for the whole schema; the copy keeps a grammar
+    and means the same: every property and requirement is still there."""
+    pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    assert _grammar_for(schema) == JSON_GBNF
+    safe, dropped = grammar_safe_schema(schema)
+    assert dropped == [] and _grammar_for(safe) != JSON_GBNF
+    assert "$ref" not in safe and safe["properties"].keys() == (
+        schema.get("properties") or schema["$defs"]["_Tree"]["properties"]).keys()
+    assert safe["required"] == (schema.get("required") or schema["$defs"]["_Tree"]["required"])
+
+
+def test_an_any_value_becomes_every_json_type_and_annotations_only_nodes_elsewhere_stay():
+    """``Any`` allows every JSON type (``{}`` alone the converter reads as "an object"); a
+    discriminator's mapping, which is data, is left as it is."""
+    safe = grammar_safe_schema(_LOOSE)[0]
+    for name in ("extra", "bare"):
+        assert [t["type"] for t in safe["properties"][name]["anyOf"]] == [
+            "object", "array", "string", "number", "boolean", "null"]
+    assert safe["properties"]["extra"]["title"] == "Extra"
+    disc = {"type": "object", "properties": {"p": {"oneOf": [{"$ref": "#/$defs/A"}],
+            "discriminator": {"propertyName": "k", "mapping": {"title": "#/$defs/A"}}}},
+            "$defs": {"A": {"type": "object", "properties": {"k": {"const": "title"}}}}}
+    assert grammar_safe_schema(disc)[0]["properties"]["p"]["discriminator"] == (
+        disc["properties"]["p"]["discriminator"])
+
+
+def test_a_root_ref_chain_is_followed_and_a_ref_it_cannot_follow_is_left():
+    chain = {"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"type": "object", "properties": {
+        "x": {"type": "integer"}}, "required": ["x"]}}, "$ref": "#/$defs/A"}
+    safe = grammar_safe_schema(chain)[0]
+    assert safe["type"] == "object" and safe["required"] == ["x"] and "$ref" not in safe
+    for ref in ("#/$defs/Missing", "https://example.com/s.json", "#/properties/x"):
+        assert grammar_safe_schema({"$ref": ref, "$defs": {}})[0]["$ref"] == ref
+
+
 # -- llama.cpp's C++ grammar, in a subprocess ----------------------------------------------------
 
 def _probe(jobs: list[dict], samples: int, timeout: float = 600) -> tuple[int, list[dict], str]:
@@ -481,6 +542,65 @@ def test_every_rewritten_schema_builds_in_llama_cpp_admits_its_example_and_emits
         fmt = cases[r["job"]][0]["properties"]["v"].get("format")
         assert fmt not in FORMAT_CHECKS or FORMAT_CHECKS[fmt](value["v"]), value
     assert len({r["job"] for r in walked}) >= 0.8 * len(cases)
+
+
+def test_a_recursive_and_an_any_schema_build_in_llama_cpp_and_hold_their_shape():
+    """In llama.cpp's C++ grammar, the copies of a recursive model and of a model with
+    ``Any`` fields admit nested and free values and refuse what the originals refuse; random
+    walks give JSON the original schemas accept."""
+    jsonschema = pytest.importorskip("jsonschema")
+    tree = _Tree.model_json_schema()
+    tree_good = ['{"name": "a", "kids": [{"name": "b", "kids": [{"name": "c"}]}]}']
+    tree_bad = ['{"name": "a", "kids": [{"kids": []}]}', '{"name": "a", "kids": [3]}']
+    # (the converter writes required properties first, in order)
+    loose_good = ['{"label": "x", "count": 3, "extra": [1, "two", null], "bare": "s"}',
+                  '{"label": "x", "count": 3, "extra": 2.5}', '{"label": "x", "count": 3}']
+    loose_bad = ['{"label": "x", "extra": 1}', '{"label": 1, "count": 3}']
+    cases = [(tree, tree_good, tree_bad), (_LOOSE, loose_good, loose_bad)]
+    jobs = [{"schema": grammar_safe_schema(s)[0], "docs": good + bad} for s, good, bad in cases]
+    code, reports, err = _probe(jobs, samples=4)
+    assert code == 0, (code, reports[-3:], err)
+    assert [r["job"] for r in reports if r.get("parsed")] == [0, 1]
+    admitted = {(r["job"], r["doc"]): r["admitted"] for r in reports if "doc" in r}
+    for i, (_, good, bad) in enumerate(cases):
+        assert all(admitted[i, d] for d in good) and not any(admitted[i, d] for d in bad)
+    for r in (r for r in reports if "text" in r):
+        jsonschema.validate(json.loads(r["text"]), cases[r["job"]][0])
+
+
+class _Holder(BaseModel):
+    tree: _Tree
+
+
+def test_a_recursive_definition_whose_name_no_rule_may_hold_crashes_llama_cpp_unless_renamed():
+    """``_Tree`` reached through a property: the converter leaves its recursive reference
+    unclean, the C++ grammar does not parse and the sampler segfaults (as the server would).
+    The copy renames the definitions and every reference to them, and builds."""
+    original = _Holder.model_json_schema()
+    code, reports, err = _probe([{"schema": original}], samples=1)
+    assert code == -signal.SIGSEGV and reports == [{"job": 0, "parsed": False}], (code, err)
+    safe = grammar_safe_schema(original)[0]
+    assert list(safe["$defs"]) == ["Tree"] and safe["properties"]["tree"]["$ref"] == "#/$defs/Tree"
+    assert safe["$defs"]["Tree"]["properties"]["kids"]["items"] == {"$ref": "#/$defs/Tree"}
+    code, reports, err = _probe([{"schema": safe, "docs": ['{"tree": {"name": "a", "kids": '
+                                                           '[{"name": "b"}]}}']}], samples=0)
+    assert code == 0 and [r.get("parsed", r.get("admitted")) for r in reports] == [True, True], err
+
+
+def test_renamed_definitions_stay_distinct_and_discriminator_mappings_follow():
+    schema = {"$defs": {"a_b": {"type": "integer"}, "a-b": {"type": "string"},
+                        "P.Q": {"type": "object", "properties": {"k": {"const": "q"}}}},
+              "type": "object", "properties": {
+                  "x": {"$ref": "#/$defs/a_b"}, "y": {"$ref": "#/$defs/a-b"},
+                  "z": {"oneOf": [{"$ref": "#/$defs/P.Q"}], "discriminator": {
+                      "propertyName": "k", "mapping": {"q": "#/$defs/P.Q"}}}}}
+    safe = grammar_safe_schema(schema)[0]
+    assert sorted(safe["$defs"]) == ["P-Q", "a-b", "a-b-2"]
+    x, y = safe["properties"]["x"]["$ref"], safe["properties"]["y"]["$ref"]
+    assert {x, y} == {"#/$defs/a-b", "#/$defs/a-b-2"} and y == "#/$defs/a-b"
+    assert safe["$defs"][x.rsplit("/", 1)[1]] == {"type": "integer"}
+    assert safe["properties"]["z"]["discriminator"]["mapping"] == {"q": "#/$defs/P-Q"}
+    assert schema["properties"]["x"]["$ref"] == "#/$defs/a_b"  # the original is not changed
 
 
 def _probe_main(samples: int) -> None:
@@ -583,6 +703,24 @@ def test_the_real_server_survives_the_rewritten_schema_and_answers_to_the_origin
     jsonschema.validate(answer, schema)
     assert local_model.alive() and time.monotonic() - t0 < 120
 
+
+
+async def test_a_recursive_model_runs_through_the_constrained_stage_on_the_real_server(local_model):
+    """End to end on SmolLM2: ``_Holder``'s schema as pydantic writes it would crash the
+    server; through retrylib's constrained stage the grammar holds the tree, the answer
+    parses as the model, and the server is still up."""
+    from retrylib import RetryConfig, make_call, retry_with_validation
+    from retrylib import validators as V
+
+    call = make_call(f"openai/{local_model.model}", api_base=local_model.api_base,
+                     max_tokens=150, temperature=0)
+    messages = [{"role": "user", "content": "Ann is the mother of Bo and Cy; Bo and Cy have no "
+                 "children. Write this family tree as JSON."}]
+    result = await retry_with_validation(call, messages, [V.PydanticSchema(_Holder)], RetryConfig(
+        max_attempts=2, max_attempts_before_constrained=0, initial_delay=0))
+    first = result.attempts[0]
+    assert first.constrained and first.stage == "constrained"
+    assert isinstance(result.parsed, _Holder) and local_model.alive()
 
 if __name__ == "__main__":
     _probe_main(int(sys.argv[1]))
