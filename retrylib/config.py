@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from retrylib.errors import ConfigError
 from retrylib.patterns import MAX_SPAN
+from retrylib.schema_refs import MAX_DEPTH
 
 if TYPE_CHECKING:
     from retrylib.stages import Ladder
@@ -125,6 +126,12 @@ class RetryConfig(BaseModel):
             characters. 500 (about 125 tokens) holds names, titles, addresses and a
             paragraph of description; a model that repeats itself inside a string is
             stopped there. 1 to 1000; ``None`` leaves strings alone.
+        runaway_max_depth: the same guard for recursive models (a tree, a thread of
+            replies): each recursive definition is unrolled to this many levels, below
+            which its lists are empty and its optional parts left out
+            (:func:`retrylib.schema_refs.unroll_recursion`). 4 holds most trees people
+            extract from a page; a small model under the grammar otherwise nests until
+            ``max_tokens``. 1 to 32; ``None`` leaves recursion alone.
         debug_tool_name: the tool suggested from the tool stage on.
         debug_tool_mcp_config: its MCP config, added to the call kwargs as ``mcp_config``.
         original_user_prompt: repeated in every feedback message, so it stays in context.
@@ -220,6 +227,7 @@ class RetryConfig(BaseModel):
     constrained_format: Literal["llama_cpp", "openai"] = "llama_cpp"
     runaway_max_items: int | None = Field(16, ge=1, le=MAX_SPAN)
     runaway_max_length: int | None = Field(500, ge=1, le=MAX_SPAN)
+    runaway_max_depth: int | None = Field(4, ge=1, le=MAX_DEPTH)
 
     debug_tool_name: str | None = None
     debug_tool_mcp_config: dict[str, Any] | None = None
@@ -270,11 +278,11 @@ class RetryConfig(BaseModel):
     def _timedelta_to_seconds(cls, v: Any) -> Any:
         return _seconds(v)
 
-    @field_validator("runaway_max_items", "runaway_max_length", mode="before")
+    @field_validator("runaway_max_items", "runaway_max_length", "runaway_max_depth", mode="before")
     @classmethod
     def _no_bool_bound(cls, v: Any) -> Any:
         if isinstance(v, bool):  # True would pass as 1
-            raise ValueError("must be an int from 1 to 1000 or None, not a bool")
+            raise ValueError("must be an int or None, not a bool")
         return v
 
     @field_validator("review_store", mode="before")

@@ -20,11 +20,11 @@ validators keep the original schema and still check every constrained answer.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from retrylib.patterns import MAX_SPAN, Unsupported, grammar_pattern
+from retrylib.schema_refs import MAX_DEPTH, hoist_root_ref, rename_defs, unroll_recursion
 
 # Keys whose value maps names to subschemas (a property called "pattern" is no keyword).
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -47,7 +47,6 @@ FORMAT_PATTERNS = {
 # Keywords that only describe: a node with nothing else allows any value.
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "deprecated",
                           "readOnly", "writeOnly"})
-_RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")  # what a GBNF rule name may not hold
 _JSON_TYPES = ("object", "array", "string", "number", "boolean", "null")
 # Keys llama.cpp's converter reads before (and instead of) a node's bounds.
 _CONVERTED_FIRST = ("$ref", "anyOf", "oneOf", "enum", "const")
@@ -87,7 +86,7 @@ def grammar_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[st
         _string(node, where, dropped)
         return _any_value(_split_type_list(node), where)
 
-    return _hoist_root_ref(_rename_defs(_rebuild(schema, finish, drop=unheld))), dropped
+    return hoist_root_ref(rename_defs(_rebuild(schema, finish, drop=unheld))), dropped
 
 
 def _any_value(node: dict[str, Any], where: str) -> dict[str, Any]:
@@ -98,74 +97,6 @@ def _any_value(node: dict[str, Any], where: str) -> dict[str, Any]:
     if set(node) <= _ANNOTATIONS and not where.endswith(("/discriminator", "/mapping")):
         return {**node, "anyOf": [{"type": t} for t in _JSON_TYPES]}
     return node
-
-
-def _rename_defs(schema: Any) -> Any:
-    """The root's ``$defs``/``definitions`` renamed to what a grammar rule may be called
-    (``[A-Za-z0-9-]``), and every local ``$ref`` to them (a discriminator's mapping too).
-
-    llama.cpp's converter names a rule after its definition and cleans the name only where
-    it defines the rule, not where a recursive reference uses it: ``_Tree`` or pydantic's
-    ``Page_Item_`` leaves a rule that does not exist, the grammar fails to parse, and the
-    server crashes (measured: SIGSEGV in the sampler)."""
-    if not isinstance(schema, dict):
-        return schema
-    renames: dict[str, str] = {}
-    for where in ("$defs", "definitions"):
-        defs = schema.get(where)
-        if not isinstance(defs, dict):
-            continue
-        taken = set(defs)
-        for name in defs:
-            clean = _RULE_UNSAFE.sub("-", name).strip("-") or "def"
-            if clean != name:
-                new, i = clean, 2
-                while new in taken:
-                    new, i = f"{clean}-{i}", i + 1
-                taken.add(new)
-                renames[f"#/{where}/{name}"] = f"#/{where}/{new}"
-    if not renames:
-        return schema
-
-    def visit(node: Any) -> Any:
-        if isinstance(node, list):
-            return [visit(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: visit(v) for k, v in node.items()}
-        for key in ("$defs", "definitions"):
-            if isinstance(out.get(key), dict) and node is schema:
-                out[key] = {renames.get(f"#/{key}/{k}", f"#/{key}/{k}").split("/", 2)[2]: v
-                            for k, v in out[key].items()}
-        if isinstance(out.get("$ref"), str):
-            out["$ref"] = renames.get(out["$ref"], out["$ref"])
-        mapping = out.get("discriminator", {}).get("mapping") if isinstance(
-            out.get("discriminator"), dict) else None
-        if isinstance(mapping, dict):
-            out["discriminator"]["mapping"] = {k: renames.get(v, v) if isinstance(v, str) else v
-                                               for k, v in mapping.items()}
-        return out
-
-    return visit(schema)
-
-
-def _hoist_root_ref(schema: Any) -> Any:
-    """A root that is only a ``$ref`` into its own ``$defs`` (pydantic's form for a recursive
-    model) with the definition itself at the root, the ``$defs`` kept for the recursion.
-
-    llama.cpp's converter resolves refs only below nodes that have no ``$ref``, so the refs
-    inside the root's ``$defs`` stay unresolved (``KeyError: '#/$defs/Tree'``) and the
-    server falls back to plain JSON. The copy means the same."""
-    for _ in range(8):  # a chain of aliases, not a loop
-        ref = schema.get("$ref") if isinstance(schema, dict) else None
-        if not isinstance(ref, str) or not ref.startswith(("#/$defs/", "#/definitions/")):
-            return schema
-        where, _, name = ref[2:].partition("/")
-        target = schema.get(where, {}).get(name.replace("~1", "/").replace("~0", "~"))
-        if not isinstance(target, dict):
-            return schema
-        schema = {**{k: v for k, v in schema.items() if k != "$ref"}, **copy.deepcopy(target)}
-    return schema
 
 
 def _rebuild(schema: Any, finish: Callable[[dict[str, Any], str], Any],
@@ -248,8 +179,8 @@ def _split_type_list(node: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [{**copy.deepcopy(rest), "type": t} for t in types]}
 
 
-def bound_runaways(schema: dict[str, Any], max_items: int | None,
-                   max_length: int | None) -> tuple[dict[str, Any], list[str]]:
+def bound_runaways(schema: dict[str, Any], max_items: int | None, max_length: int | None,
+                   max_depth: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """A copy of a grammar-safe ``schema`` in which no list and no free string is unbounded.
 
     A small model under a grammar can keep adding list items (or characters) until
@@ -261,12 +192,15 @@ def bound_runaways(schema: dict[str, Any], max_items: int | None,
     never changed, so nothing is loosened; a type list that gains a bound is split into
     ``anyOf`` (llama.cpp's converter drops the keywords beside a type list). Arrays without
     an ``items`` schema and tuples (``prefixItems``) are left alone: the converter ignores
-    ``maxItems`` there, and a tuple is bounded already. ``schema`` itself is not changed.
+    ``maxItems`` there, and a tuple is bounded already. A recursive definition (a tree) is
+    unrolled to ``max_depth`` levels (:func:`retrylib.schema_refs.unroll_recursion`).
+    ``schema`` itself is not changed.
 
     Args:
         schema: a grammar-safe schema (:func:`grammar_safe_schema`'s copy).
         max_items: the bound for lists, 1 to ``MAX_SPAN``; ``None``: lists are left alone.
         max_length: the bound for free strings, 1 to ``MAX_SPAN``; ``None``: left alone.
+        max_depth: the levels a recursive definition may nest, 1 to 32; ``None``: unbounded.
 
     Returns:
         ``(bounded, added)``: the copy, and ``"path maxItems=n"`` / ``"path maxLength=n"``
@@ -279,7 +213,11 @@ def bound_runaways(schema: dict[str, Any], max_items: int | None,
     for bound in (max_items, max_length):
         if bound is not None and not 1 <= bound <= MAX_SPAN:
             raise ValueError(f"a runaway bound must be 1 to {MAX_SPAN}, got {bound}")
+    if max_depth is not None and not 1 <= max_depth <= MAX_DEPTH:
+        raise ValueError(f"a runaway depth must be 1 to {MAX_DEPTH}, got {max_depth}")
     added: list[str] = []
+    if max_depth is not None:
+        schema, added = unroll_recursion(schema, max_depth)
     return _rebuild(schema, lambda node, where: _bound_node(node, where, max_items, max_length,
                                                           added)), added
 

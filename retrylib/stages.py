@@ -95,7 +95,8 @@ class Constrained(Stage):
     """Ask for schema-constrained output (the validators' JSON schema, made grammar-safe).
 
     The runaway guard: once an answer of the call was cut at the token limit, the schema
-    sent bounds every list and free string (``runaway_max_items``/``runaway_max_length``,
+    sent bounds every list and free string, and the depth of a recursive model
+    (``runaway_max_items``/``runaway_max_length``/``runaway_max_depth``,
     :func:`~retrylib.constrained.bound_runaways`), so the grammar makes the model close
     them instead of running into ``max_tokens`` again.
     """
@@ -107,8 +108,10 @@ class Constrained(Stage):
         if call.schema is not None and call.constrained_off is None:
             c, schema = call.config, call.schema
             cut = next((a.number for a in call.attempts if a.finish_reason == "length"), None)
-            if cut is not None and (c.runaway_max_items or c.runaway_max_length):
-                schema, added = bound_runaways(schema, c.runaway_max_items, c.runaway_max_length)
+            if cut is not None and (c.runaway_max_items or c.runaway_max_length
+                                    or c.runaway_max_depth):
+                schema, added = bound_runaways(schema, c.runaway_max_items, c.runaway_max_length,
+                                               c.runaway_max_depth)
                 if added:
                     request.notes.append(f"runaway guard: {'; '.join(added)} (attempt {cut}'s "
                                          "answer was cut at the token limit)")

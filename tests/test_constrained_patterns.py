@@ -32,9 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import BaseModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from retrylib import patterns
 from retrylib.constrained import FORMAT_PATTERNS, grammar_safe_schema
