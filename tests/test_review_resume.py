@@ -131,6 +131,32 @@ async def test_approved_case_returns_the_last_answer_marked(db):
     assert result.metrics["accepted_with_warnings"] is True and call.calls == 2
 
 
+class PaidCheck:
+    """A validator that makes a model call of its own ($0.25, 5 + 2 tokens) per answer."""
+
+    name = "paid"
+
+    def validate(self, text, context):
+        from retrylib import RetryResult
+
+        context.subresults.append(RetryResult(content="", response=None, metrics={
+            "total_api_calls": 1, "tokens_in": 5, "tokens_out": 2, "cost": 0.25}))
+        return V.FieldsPresent(["name"]).validate(text, context)
+
+
+async def test_what_the_validators_spent_before_the_review_stays_in_the_resumed_metrics(db):
+    """Calls, tokens and cost of the validators' own calls before the human stage are in
+    the metrics of the resumed call (the cost was dropped)."""
+    call = ScriptedCall(["{}", "{}"])
+    exc = await to_human(db, call, validators=[PaidCheck()])
+    assert exc.metrics["validator_cost"] == 0.5
+    approve(db, exc.case_id, reviewer="dana")
+    result = await resume(exc.case_id, store=db, validators=[PaidCheck()])
+    m = result.metrics
+    assert (m["validator_api_calls"], m["validator_tokens_in"], m["validator_tokens_out"],
+            m["validator_cost"]) == (2, 10, 4, 0.5)
+
+
 async def test_retry_goes_on_with_the_guidance_and_resends_nothing(db):
     """A retried case makes exactly one new request: the conversation so far plus the last
     answer with feedback carrying the guidance; attempt numbers go on (3)."""

@@ -84,7 +84,8 @@ def case_from(loop: _Loop, exc: HumanReviewNeededError) -> Case:
     # The validators' own calls of this leg, carried into the next one's metrics.
     state["validator_metrics"] = {"total_api_calls": m.get("validator_api_calls", 0),
                                   "tokens_in": m.get("validator_tokens_in", 0),
-                                  "tokens_out": m.get("validator_tokens_out", 0)}
+                                  "tokens_out": m.get("validator_tokens_out", 0),
+                                  "cost": m.get("validator_cost", 0.0)}
     last_model = next((a.model for a in reversed(loop.attempts) if a.model), None)
     context = plain(exc.context)
     return Case(id=new_case_id(), reason=exc.message, state=plain(state),
