@@ -273,22 +273,39 @@ class _Loop:
         self.gate_error = decision.error(attempts=list(self.attempts), last_error=self.last_error)
         return Decision(RAISE, failures=self.failures, stage=self.stage, reason=reason)
 
-    async def report(self, a: Attempt, kwargs: dict[str, Any], ok_for_breaker: bool) -> None:
+    async def report(self, a: Attempt, kwargs: dict[str, Any], ok_for_breaker: bool,
+                     breaker: bool = True) -> None:
         """Tell the breaker and the budget what the attempt came to; note their state in it.
         ``ok_for_breaker``: the model answered (or failed in a way that says nothing about it:
-        a transport error that is not retryable)."""
+        a transport error that is not retryable). ``breaker=False``: the breaker is not told
+        (the call's own deadline cut the attempt)."""
         model = a.model
         base = kwargs.get("api_base") or getattr(self.call, "defaults", {}).get("api_base")
         try:  # the answer is in hand: a state store that fails now must not lose it
             if self.config.breaker is not None:
                 a.breaker_state = self.breaker_state
-                await self.config.breaker.record(model, ok_for_breaker, api_base=base)
+                if breaker:
+                    await self.config.breaker.record(model, ok_for_breaker, api_base=base)
             if self.budget is not None:
                 self.budget_level = a.budget_level = await self.budget.record(
                     model, api_base=base, ok=a.outcome == "ok")
         except Exception as exc:  # StateStoreError (on_error="raise"): noted, not raised
             logger.warning("budget/breaker update after attempt {} failed: {}", a.number, exc)
             a.note = "; ".join(x for x in (a.note, f"budget/breaker not updated: {exc}") if x)
+
+    def cut_by_deadline(self, a: Attempt) -> bool:
+        """Did the call's deadline (not the model) end this attempt? Polly's order puts the
+        total deadline outside the breaker: an attempt it cancels says nothing about the
+        model, so the breaker is not told (a half-open probe it held is freed when its lease
+        ends, one cooldown later). The attempt's note says so."""
+        if self.deadline_at is None or self.last_verdict is None:
+            return False
+        left = self.remaining()
+        if self.last_verdict.reason != "timeout" or left is None or left > 0.01:
+            return False
+        a.note = "; ".join(x for x in (a.note, "cut by the call's deadline: not counted by the "
+                                       "breaker") if x)
+        return True
 
     def target(self) -> tuple[str | None, str | None]:
         """The model (and base URL) the next attempt goes to."""
@@ -366,7 +383,8 @@ class _Loop:
                 failed, outcome = self.transport_failure(exc, req, n, start, stamp, rounds)
         if failed is not None:
             if self.guarded:
-                await self.report(failed, req.kwargs, failed.retryable is False)
+                await self.report(failed, req.kwargs, failed.retryable is False,
+                                  breaker=not self.cut_by_deadline(failed))
             self.record(failed)
             return outcome
         end = time.monotonic() - self.t0

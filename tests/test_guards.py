@@ -384,3 +384,20 @@ async def test_the_cost_cap_counts_what_the_validators_spent():
         await retry_with_validation(call, PROMPT, [PaidCheck()], cfg(max_total_cost=0.6))
     assert call.calls == 3 and info.value.reason == "cap_cost"
     assert info.value.used == 0.75 and info.value.metrics["validator_cost"] == 0.75
+
+
+async def test_an_attempt_the_calls_deadline_cuts_is_not_a_breaker_failure():
+    """Polly's order: the total deadline is outside the breaker. A slow answer cut by the
+    call's deadline leaves the breaker closed (noted in the attempt); the same answer cut by
+    ``attempt_timeout`` is the model's failure and opens it."""
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    call = ScriptedCall([Delay(5, "ok")] * 2, model="primary")
+    with pytest.raises(RetryError) as info:
+        await retry_with_validation(call, PROMPT, None, cfg(breaker=breaker, deadline=0.2))
+    assert info.value.reason == "deadline" and call.calls == 1
+    assert "cut by the call's deadline" in info.value.attempts[0].note
+    assert (await breaker.state("primary")).state == "closed"
+    with pytest.raises(RetryError):
+        await retry_with_validation(call, PROMPT, None, cfg(breaker=breaker, max_attempts=1,
+                                                            attempt_timeout=0.2, deadline=30))
+    assert (await breaker.state("primary")).state == "open"
