@@ -59,6 +59,7 @@ from retrylib.validators.base import (
     validator_name,
 )
 from retrylib.validators.combine import AllOf, _children, named_errors
+from retrylib.validators.structured import escape_raw_controls
 
 if TYPE_CHECKING:
     from retrylib.decision import Policy
@@ -586,15 +587,21 @@ class _Loop:
                 self.subresults.extend(ctx.subresults)
         if not r.valid and not r.errors:  # say which check failed, as AllOf does
             r = ValidationResult(False, named_errors(v, r), r.suggestions, r.parsed, r.soft)
-        if not r.valid and self.config.repair_json and self.crash is None:
-            return await self.repaired(text, ctx, r)
+        if not r.valid and self.crash is None:
+            escaped = escape_raw_controls(text)  # lossless, so always tried
+            if escaped is not None:
+                r = await self.repaired(text, ctx, r, escaped, "raw control characters inside "
+                                        "JSON strings escaped")
+            if not r.valid and self.config.repair_json:
+                from retrylib._extras import require
+
+                fixed = require("json_repair", "RetryConfig(repair_json=True)").repair_json(text)
+                r = await self.repaired(text, ctx, r, fixed, "repaired by json-repair")
         return r
 
-    async def repaired(self, text: str, ctx: ValidationContext, failed: ValidationResult) -> ValidationResult:
-        """The zero-call repair: ``text`` mended by json-repair, if that passes every validator."""
-        from retrylib._extras import require
-
-        fixed = require("json_repair", "RetryConfig(repair_json=True)").repair_json(text)
+    async def repaired(self, text: str, ctx: ValidationContext, failed: ValidationResult,
+                       fixed: Any, how: str) -> ValidationResult:
+        """A zero-call repair: ``fixed`` (``text`` mended) if it passes every validator."""
         if not isinstance(fixed, str) or not fixed.strip() or fixed == text:
             return failed
         try:
@@ -604,8 +611,8 @@ class _Loop:
         if not r.valid:
             return failed
         self.last_text = fixed
-        self.repair_note = (f"repaired by json-repair ({len(text)} -> {len(fixed)} chars); the "
-                            f"answer as sent failed: {'; '.join(failed.errors)[:200]}")
+        self.repair_note = (f"{how} ({len(text)} -> {len(fixed)} chars); the answer as sent "
+                            f"failed: {'; '.join(failed.errors)[:200]}")
         return r
 
     def record(self, a: Attempt) -> None:

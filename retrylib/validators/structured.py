@@ -9,6 +9,7 @@ they share the parse, they also share its error lines word for word, which lets
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from retrylib.errors import ConfigError
@@ -49,6 +50,40 @@ def json_candidate(text: str) -> tuple[str, str]:
         chosen = next((body for lang, body in blocks if lang in _JSON_LANGS), blocks[0][1])
         return chosen.strip(), "the fenced block"
     return s, "the answer"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def escape_raw_controls(text: str) -> str | None:
+    """``text`` with each control character that stands raw inside a JSON string escaped as
+    JSON writes it (a newline as ``\\n``); ``None`` when there is none.
+
+    JSON forbids them there, and ``json.loads`` refuses them ("Invalid control character"),
+    but the meaning is plain, and llama-cpp-python's grammar lets a model write them even
+    under a schema. Text outside strings (the newlines of pretty-printed JSON) is kept.
+    """
+    if not _CONTROL.search(text):
+        return None
+    out: list[str] = []
+    in_string = escaped = changed = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            elif ch < " ":
+                out.append(_SHORT_ESCAPES.get(ch) or f"\\u{ord(ch):04x}")
+                changed = True
+                continue
+        elif ch == '"':
+            in_string = True
+        out.append(ch)
+    return "".join(out) if changed else None
 
 
 def _describe(exc: json.JSONDecodeError, where: str) -> str:
