@@ -24,11 +24,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from retrylib.patterns import MAX_SPAN, Unsupported, grammar_pattern
-from retrylib.schema_refs import MAX_DEPTH, hoist_root_ref, rename_defs, unroll_recursion
+from retrylib.schema_refs import (
+    DATA_KEYWORDS,
+    MAX_DEPTH,
+    hoist_root_ref,
+    rename_defs,
+    unroll_recursion,
+)
 
 # Keys whose value maps names to subschemas (a property called "pattern" is no keyword).
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_VERBATIM = ("enum", "const", "default", "examples", "required")  # values, not schemas
 _UNHELD_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 # Formats llama.cpp's converter holds itself; the ones below it ignores, so they go in as
 # patterns. Both are looser than the validators (a date of 2025-02-31 gets through).
@@ -113,7 +118,7 @@ def _rebuild(schema: Any, finish: Callable[[dict[str, Any], str], Any],
             sub = f"{path}/{key}"
             if key in _SCHEMA_MAPS and isinstance(value, dict):
                 out[key] = {k: visit(v, f"{sub}/{k}") for k, v in value.items()}
-            elif key in _VERBATIM:
+            elif key in DATA_KEYWORDS:
                 out[key] = copy.deepcopy(value)
             elif drop is not None and drop(key, value, path or "/"):
                 continue

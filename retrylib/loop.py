@@ -294,19 +294,14 @@ class _Loop:
             logger.warning("budget/breaker update after attempt {} failed: {}", a.number, exc)
             a.note = "; ".join(x for x in (a.note, f"budget/breaker not updated: {exc}") if x)
 
-    def cut_by_deadline(self, a: Attempt) -> bool:
-        """Did the call's deadline (not the model) end this attempt? Polly's order puts the
-        total deadline outside the breaker: an attempt it cancels says nothing about the
-        model, so the breaker is not told (a half-open probe it held is freed when its lease
-        ends, one cooldown later). The attempt's note says so."""
-        if self.deadline_at is None or self.last_verdict is None:
-            return False
+    def cut_by_deadline(self) -> bool:
+        """Did the call's deadline (not the model) end the attempt that just failed? Polly's
+        order puts the total deadline outside the breaker: an attempt it cancels says nothing
+        about the model, so the breaker is not told (a half-open probe it held is freed when
+        its lease ends, one cooldown later)."""
         left = self.remaining()
-        if self.last_verdict.reason != "timeout" or left is None or left > 0.01:
-            return False
-        a.note = "; ".join(x for x in (a.note, "cut by the call's deadline: not counted by the "
-                                       "breaker") if x)
-        return True
+        return (left is not None and left <= 0.01 and self.last_verdict is not None
+                and self.last_verdict.reason == "timeout")
 
     def target(self) -> tuple[str | None, str | None]:
         """The model (and base URL) the next attempt goes to."""
@@ -384,8 +379,11 @@ class _Loop:
                 failed, outcome = self.transport_failure(exc, req, n, start, stamp, rounds)
         if failed is not None:
             if self.guarded:
-                await self.report(failed, req.kwargs, failed.retryable is False,
-                                  breaker=not self.cut_by_deadline(failed))
+                cut = self.cut_by_deadline()
+                if cut:
+                    failed.note = "; ".join(x for x in (failed.note, "cut by the call's deadline: "
+                                                        "not counted by the breaker") if x)
+                await self.report(failed, req.kwargs, failed.retryable is False, breaker=not cut)
             self.record(failed)
             return outcome
         end = time.monotonic() - self.t0

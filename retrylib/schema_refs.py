@@ -26,7 +26,7 @@ from typing import Any
 MAX_DEPTH = 32  # the deepest unrolling the runaway guard takes (each level copies a definition)
 _DEFS = ("$defs", "definitions")
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")  # what a GBNF rule name may not hold
-_DATA = ("enum", "const", "default", "examples", "required")  # values, not schemas
+DATA_KEYWORDS = ("enum", "const", "default", "examples", "required")  # values, not schemas
 
 
 class _Cut:
@@ -102,22 +102,7 @@ def hoist_root_ref(schema: Any) -> Any:
 
 def recursive_defs(schema: dict[str, Any]) -> set[tuple[str, str]]:
     """The root's definitions that refer to themselves, directly or through others."""
-    graph: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for where in _DEFS:
-        for name, body in (schema.get(where) or {}).items():
-            graph[where, name] = set(_refs_in(body))
-    found = set()
-    for start in graph:
-        seen, todo = set(), list(graph[start])
-        while todo:
-            d = todo.pop()
-            if d == start:
-                found.add(start)
-                break
-            if d not in seen and d in graph:
-                seen.add(d)
-                todo.extend(graph[d])
-    return found
+    return {d for d in _defs_of(schema) if _reaches(schema, d, {d})}
 
 
 def _defs_of(schema: dict[str, Any]) -> list[tuple[str, str]]:
@@ -143,7 +128,7 @@ def _refs_in(node: Any) -> list[tuple[str, str]]:
     if not isinstance(node, dict):
         return []
     own = _local(node.get("$ref"))
-    return ([own] if own else []) + [r for k, v in node.items() if k not in _DATA
+    return ([own] if own else []) + [r for k, v in node.items() if k not in DATA_KEYWORDS
                                      for r in _refs_in(v)]
 
 
@@ -192,7 +177,7 @@ def unroll_recursion(schema: dict[str, Any], max_depth: int) -> tuple[dict[str, 
         required = set(node.get("required") or ())
         emptied = False
         for key, value in node.items():
-            if key in _DATA or key in _DEFS:
+            if key in DATA_KEYWORDS or key in _DEFS:
                 new[key] = copy.deepcopy(value)
             elif key in ("properties", "patternProperties") and isinstance(value, dict):
                 props = {}
