@@ -722,5 +722,21 @@ async def test_a_recursive_model_runs_through_the_constrained_stage_on_the_real_
     assert first.constrained and first.stage == "constrained"
     assert isinstance(result.parsed, _Holder) and local_model.alive()
 
+
+async def test_a_model_with_any_fields_keeps_its_grammar_on_the_real_server(local_model):
+    """``_Loose`` (an ``Any`` field and a ``{}`` one) through the constrained stage: the
+    server builds the schema's grammar (as sent, it would have used plain JSON), so the
+    answer has the required keys in the grammar's order and parses as the model."""
+    from retrylib import RetryConfig, make_call, retry_with_validation
+    from retrylib import validators as V
+
+    call = make_call(f"openai/{local_model.model}", api_base=local_model.api_base,
+                     max_tokens=80, temperature=0)
+    messages = [{"role": "user", "content": "Label the box 'tools' and count 3 items. JSON."}]
+    result = await retry_with_validation(call, messages, [V.PydanticSchema(_Loose)], RetryConfig(
+        max_attempts=1, max_attempts_before_constrained=0))
+    assert result.attempts[0].constrained and isinstance(result.parsed, _Loose)
+    assert list(json.loads(result.content))[:2] == ["label", "count"] and local_model.alive()
+
 if __name__ == "__main__":
     _probe_main(int(sys.argv[1]))
