@@ -54,7 +54,7 @@ class Attempt:
             ``result``, ``is_error``, ``duration``, ``round``.
         requests: the requests the attempt sent: 1, or with the tool stage's rounds each
             tool round and the final request (their tokens and cost are all in
-            ``tokens_in``, ``tokens_out`` and ``cost``).
+            ``tokens_in``, ``tokens_out`` and ``cost``); 0 for a reviewer's answer.
     """
 
     number: int

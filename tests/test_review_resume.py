@@ -93,6 +93,7 @@ async def test_resolved_answer_is_the_result_and_nothing_is_sent(db):
     human = result.attempts[-1]
     assert (human.stage, human.outcome, human.model, human.text) == ("human", "ok", "human:alice", GOOD)
     assert call.calls == 2 and result.metrics["api_calls"] == 2
+    assert human.requests == 0 and sum(a.requests for a in result.attempts) == call.calls
     hr = result.metrics["human_review"]
     assert (hr["action"], hr["decided_by"], hr["resumed_by"]) == ("resolve", "alice", "bob")
     case = SQLiteReviewStore(db).get(exc.case_id)

@@ -86,6 +86,7 @@ async def _resolved(case: Case, entry: dict[str, Any], validators: list[Any],
     attempts = case.attempts
     end = attempts[-1].end if attempts else 0.0
     human = Attempt(number=len(attempts) + 1, start=end, end=end, outcome="ok", stage="human",
+                    requests=0,
                     text=answer, model=f"human:{entry['by']}", timestamp=entry["at"],
                     note=f"the answer of reviewer {entry['by']} (review case {case.id})")
     attempts.append(human)
