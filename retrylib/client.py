@@ -7,6 +7,10 @@
   ``{api_base}/chat/completions``, returning the JSON dict exactly as received. The base URL
   is the ``api_base`` argument, else ``$RETRYLIB_PROXY_URL``. Core install only.
 
+``stream=True`` works on both: the stream is read to its end and returned whole, as the
+route returns an answer that was not streamed (:mod:`retrylib.streams`), since an answer is
+validated whole; a stream that breaks off is a transport failure, retried like any other.
+
 Provider-level retries are off on both routes (``num_retries=0``, ``max_retries=0``): only
 retrylib retries, so the requests a server receives equal the calls retrylib made.
 
@@ -39,6 +43,7 @@ import httpx
 from retrylib._extras import require
 from retrylib.errors import ConfigError, MalformedResponseError, ProxyHTTPError
 from retrylib.pool import litellm_gate, pool
+from retrylib.streams import assemble_sse, is_event_stream, read_litellm_stream
 
 PROXY_PREFIX = "proxy/"
 PROXY_URL_ENV = "RETRYLIB_PROXY_URL"
@@ -153,6 +158,8 @@ async def acompletion(
     # The wait at the gate is not part of the request; litellm's own timeout is per read.
     async with litellm_gate(), _whole_request(request["timeout"]):
         response = await _litellm_call(request)
+        if request.get("stream") and not hasattr(response, "choices"):  # (a cache hit is whole)
+            response = await read_litellm_stream(response, messages)
     c = _cache()
     if store and c is not None:
         await c.store(response, request)
@@ -195,6 +202,8 @@ async def _proxy(messages: list[dict[str, Any]], model: str, base: str, api_key:
         reply = await slots.post(base.rstrip("/") + "/chat/completions", content, headers, limit)
     if reply.status >= 400:
         raise ProxyHTTPError(reply.status, reply.headers, reply.text)
+    if kwargs.get("stream") and is_event_stream(reply.headers, reply.body):
+        return assemble_sse(reply.body, reply.status)
     try:
         return json.loads(reply.body)
     except ValueError as exc:
