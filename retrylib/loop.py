@@ -292,7 +292,7 @@ class _Loop:
                     model, api_base=base, ok=a.outcome == "ok")
         except Exception as exc:  # StateStoreError (on_error="raise"): noted, not raised
             logger.warning("budget/breaker update after attempt {} failed: {}", a.number, exc)
-            a.note = "; ".join(x for x in (a.note, f"budget/breaker not updated: {exc}") if x)
+            _add_note(a, f"budget/breaker not updated: {exc}")
 
     def cut_by_deadline(self) -> bool:
         """Did the call's deadline (not the model) end the attempt that just failed? Polly's
@@ -381,8 +381,7 @@ class _Loop:
             if self.guarded:
                 cut = self.cut_by_deadline()
                 if cut:
-                    failed.note = "; ".join(x for x in (failed.note, "cut by the call's deadline: "
-                                                        "not counted by the breaker") if x)
+                    _add_note(failed, "cut by the call's deadline: not counted by the breaker")
                 await self.report(failed, req.kwargs, failed.retryable is False, breaker=not cut)
             self.record(failed)
             return outcome
@@ -773,6 +772,11 @@ async def _in_thread(call: Callable[..., Any], messages: list[dict[str, Any]],
 
 _TIMED_OUT = ValidationResult(False, ("the deadline passed while the answer was being validated",))
 _VALID = ValidationResult.ok()  # frozen: one instance serves every call (building one costs ~1 µs)
+
+
+def _add_note(a: Attempt, note: str) -> None:
+    """Add ``note`` to the attempt's note (``"; "`` between notes)."""
+    a.note = f"{a.note}; {note}" if a.note else note
 
 
 def _ladder_facts(config: RetryConfig) -> tuple[int | None, tuple[bool, ...]]:
